@@ -1,0 +1,43 @@
+# ego4d-ft: `make demo` and `make test` are the whole quick start.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# torch comes first and separately: the CPU build here (2.13.0, on local disk), or whatever CUDA
+# build the machine already has. Letting pip resolve "torch" freely pulls a multi-GB CUDA wheel.
+TORCH_SPEC ?= torch==2.13.0
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
+export MLFLOW_DISABLE_TELEMETRY := true
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+SAMPLE := data/sample
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if [ ! -x $(PY) ]; then \
+	  if python3 -c "import torch" 2>/dev/null; then \
+	    echo "reusing the system torch: $$(python3 -c 'import torch; print(torch.__version__)')"; \
+	    python3 -m venv --system-site-packages $(VENV); \
+	  else python3 -m venv $(VENV); fi; \
+	fi
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PY) -c "import app.cli, torch, transformers, decord" 
+	@touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/ego4d-ft data sample --out $(SAMPLE) --clips 40
+	$(VENV)/bin/ego4d-ft data validate --config configs/tiny_cpu.yaml
+	@echo "next demo steps (baseline, train --mode qlora, compare) arrive with issues #4-#6"
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf results mlruns/* $(SAMPLE) .cache .pytest_cache

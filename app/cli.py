@@ -1,0 +1,159 @@
+"""`ego4d-ft` command line: parses arguments and calls into app.pipelines, nothing else.
+
+Heavy libraries (torch, transformers, decord, mlflow) are imported inside the commands so that
+`ego4d-ft --help` stays well under a second.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Fine-tune LLaVA-OneVision-1.5 on Ego4D-format video QA; every run tracked in MLflow.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Make and check Ego4D-format data.", no_args_is_help=True)
+model_app = typer.Typer(help="Look at the model before spending GPU hours on it.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(model_app, name="model")
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config (default configs/training_config.yaml).")
+]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config key: --set training.num_epochs=1 (repeatable).")
+]
+DeepSpeedOpt = Annotated[Path | None, typer.Option("--deepspeed", help="DeepSpeed JSON config (ZeRO-2/3).")]
+CpuOpt = Annotated[bool, typer.Option("--use-cpu", help="Run on CPU even when a GPU is present.")]
+
+
+def _fail(message: str, code: int = 1) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _run(fn, *args, **kwargs):
+    """Turn the project's user-facing errors into one line and a non-zero exit, never a traceback."""
+    from app.errors import UserError
+
+    try:
+        return fn(*args, **kwargs)
+    except UserError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+
+def _config(config: Path | None, overrides: list[str] | None, use_cpu: bool = False):
+    from app.config import load_config
+
+    cfg = _run(load_config, config, overrides)
+    if use_cpu:
+        cfg.use_cpu = True
+    return cfg
+
+
+def _not_built(command: str, issue: int) -> None:
+    _fail(f"`ego4d-ft {command}` is not built yet (issue #{issue})", code=2)
+
+
+@app.command()
+def baseline(config: ConfigOpt = None, set_: SetOpt = None, deepspeed: DeepSpeedOpt = None, use_cpu: CpuOpt = False):
+    """M0: evaluate the base model on the held-out split (no training)."""
+    _not_built("baseline", 5)
+
+
+@app.command()
+def train(
+    mode: Annotated[str, typer.Option(help="qlora (M1: 4-bit NF4 base + LoRA) or lora (bf16 base).")] = "qlora",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    deepspeed: DeepSpeedOpt = None,
+    use_cpu: CpuOpt = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint.")] = False,
+):
+    """M1: QLoRA (or LoRA) fine-tuning, then evaluation of the adapter."""
+    _not_built("train", 4)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[
+        str, typer.Option("--model", help="Adapter dir, models:/NAME/VERSION, models:/NAME@ALIAS or runs:/ID/PATH.")
+    ],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    deepspeed: DeepSpeedOpt = None,
+    use_cpu: CpuOpt = False,
+):
+    """Evaluate a trained adapter on the held-out split."""
+    _not_built("evaluate", 5)
+
+
+@app.command()
+def compare(
+    baseline_run: Annotated[
+        str | None, typer.Option("--baseline", help="MLflow run id (default: latest baseline).")
+    ] = None,
+    candidate: Annotated[str | None, typer.Option("--candidate", help="MLflow run id (default: latest qlora).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Report folder.")] = None,
+):
+    """Write the M0-vs-M1 report (markdown + html) and log it to MLflow."""
+    _not_built("compare", 6)
+
+
+@app.command()
+def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000, config: ConfigOpt = None):
+    """Open the MLflow UI on the project's tracking store."""
+    _not_built("ui", 6)
+
+
+@data_app.command("sample")
+def data_sample(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the synthetic set into.")] = Path("data/sample"),
+    clips: Annotated[int, typer.Option(min=4, help="Number of clips (>= 4 keeps answers balanced).")] = 40,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed writes the same set.")] = 0,
+):
+    """Write a synthetic Ego4D-format set: real H.264 mp4 clips with audio, a held-out split."""
+    from app.pipelines.data import sample
+
+    _run(sample, out, clips=clips, seed=seed)
+
+
+@data_app.command("validate")
+def data_validate(config: ConfigOpt = None, set_: SetOpt = None):
+    """Load the configured data and count usable records and skips by reason; exit 1 if none usable."""
+    from app.pipelines.data import validate
+
+    cfg = _config(config, set_)
+    report = _run(validate, cfg)
+    if not report.records:
+        raise typer.Exit(1)
+
+
+@model_app.command("inspect")
+def model_inspect(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    mode: Annotated[str, typer.Option(help="baseline, qlora or lora.")] = "qlora",
+    meta: Annotated[bool, typer.Option("--meta", help="Build on the meta device: no weights needed.")] = False,
+):
+    """Parameters (total/trainable), 4-bit layers, vision tokens per clip, memory estimate."""
+    _not_built("model inspect", 3)
+
+
+def main() -> None:
+    # Typer maps `--set` to a parameter named `set_`; keep the public flag name.
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Typed configuration: YAML file + `--set key.sub=value` overrides, validated in one place.
+
+Every default lives here. Errors are one line and name the key at fault:
+  - unknown key  -> names the key and the keys allowed at that level
+  - wrong type   -> names the key, the expected type and the value given
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from app.errors import UserError
+
+DEFAULT_CONFIG = Path("configs/training_config.yaml")
+
+
+class ConfigError(UserError):
+    """A one-line, user-facing configuration error."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name_or_path: str = "lmms-lab/LLaVA-OneVision-1.5-8B-Instruct"
+    family: Literal["llava_ov15", "llava_onevision"] = "llava_ov15"
+    # tiny: build a seeded random model of the same architecture into cache_dir (no download).
+    tiny: bool = False
+    cache_dir: str = ".cache/ego4d-ft/models"
+    torch_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    use_flash_attention: bool = True
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = True
+
+
+class QuantizationConfig(_Section):
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+
+class LoraConfig(_Section):
+    r: int = Field(64, gt=0)
+    alpha: int = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    train_merger: bool = False
+
+
+class DataConfig(_Section):
+    data_path: str = "data/FirstSight-Dataset/datasets/Ego4D/Ego4D.json"
+    video_folder: str = "data/FirstSight-Dataset/Ego4d"
+    # Audio paths in records are relative to audio_folder; null means the folder holding data_path.
+    audio_folder: str | None = None
+    video_ids_file: str | None = None
+    # Held-out split: ids listed in eval_ids_file, else a deterministic eval_fraction of ids.
+    eval_ids_file: str | None = None
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    num_frames: int = Field(8, gt=0)
+    frame_size: int = Field(448, gt=0)
+    min_pixels: int = Field(3136, gt=0)
+    max_pixels: int = Field(448 * 448, gt=0)
+    max_seq_len: int = Field(4096, gt=0)
+    speech_strategy: Literal["drop", "transcript"] = "drop"
+    transcripts_file: str | None = None
+    asr_model: str | None = None
+    check_decodable: bool = True
+
+    @model_validator(mode="after")
+    def _speech_needs_source(self) -> DataConfig:
+        if self.speech_strategy == "transcript" and not (self.transcripts_file or self.asr_model):
+            raise ValueError("data.speech_strategy=transcript needs data.transcripts_file or data.asr_model")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"data.min_pixels ({self.min_pixels}) exceeds data.max_pixels ({self.max_pixels})")
+        return self
+
+
+class TrainingConfig(_Section):
+    num_epochs: int = Field(10, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    per_device_batch_size: int = Field(1, gt=0)
+    gradient_accumulation_steps: int = Field(8, gt=0)
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    lr_scheduler: str = "cosine"
+    max_grad_norm: float = Field(1.0, gt=0)
+    optimizer: str = "paged_adamw_8bit"
+    save_steps: int = Field(200, gt=0)
+    save_total_limit: int = Field(2, gt=0)
+    logging_steps: int = Field(1, gt=0)
+    dataloader_workers: int = Field(4, ge=0)
+    seed: int = 42
+
+
+class EvalConfig(_Section):
+    batch_size: int = Field(8, gt=0)
+    max_new_tokens: int = Field(32, gt=0)
+    max_samples: int | None = Field(None, gt=0)
+
+
+class TrackingConfig(_Section):
+    uri: str | None = None
+    experiment: str = "ego4d-ft"
+    registered_model: str = "ego4d-llava-ov-qlora"
+    enabled: bool = True
+
+
+class Config(_Section):
+    model: ModelConfig = ModelConfig()
+    quantization: QuantizationConfig = QuantizationConfig()
+    lora: LoraConfig = LoraConfig()
+    data: DataConfig = DataConfig()
+    training: TrainingConfig = TrainingConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    output_dir: str = "results"
+    use_cpu: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Walk the schema along `loc` to list the keys allowed where the bad key was found."""
+    cls: Any = model
+    for part in loc[:-1]:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            break
+        cls = field.annotation
+    return sorted(cls.model_fields)
+
+
+def _describe(err: dict, source: str) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    where = f"{source}: " if source else ""
+    if err["type"] == "extra_forbidden":
+        allowed = ", ".join(_allowed_keys(Config, err["loc"]))
+        return f"{where}unknown key '{key}' (allowed here: {allowed})"
+    if err["type"] == "value_error":
+        return f"{where}{err['msg'].removeprefix('Value error, ')}"
+    given = err.get("input")
+    return f"{where}key '{key}': {err['msg'].lower()}; got {given!r}"
+
+
+def _validate(raw: dict[str, Any], source: str) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        # One line: the first problem is what the user fixes first; the count says there are more.
+        errors = exc.errors()
+        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(_describe(errors[0], source) + more) from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set '{item}': expected key.sub=value")
+    key, value = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set '{item}': empty key")
+    try:
+        # YAML scalars: "3" -> 3, "true" -> True, "null" -> None, "[a, b]" -> list.
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return parts, parsed
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read YAML at `path` (default configs/training_config.yaml), apply `--set` overrides, validate."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    _validate(raw, str(path))
+    for item in overrides or []:
+        parts, value = parse_override(item)
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+        _validate(raw, f"--set {item}")
+    return _validate(raw, str(path))
+

@@ -1,0 +1,291 @@
+"""Ego4D-format records: parsing, validation, filters and the train/held-out split.
+
+A record is `{id, video, audio?, conversations: [{from: human|gpt, value, type?}]}`. `<image>` marks
+where the video goes, `<speech>` where the spoken input goes. A bad file is a one-line `DataError`;
+a bad record is a counted skip with a reason, so nothing is ever dropped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.config import DataConfig
+from app.errors import UserError
+
+IMAGE_TOKEN = "<image>"
+SPEECH_TOKEN = "<speech>"
+ROLES = {"human": "user", "gpt": "assistant"}
+
+# Skip reasons (shown by `data validate` and in run summaries). Kept as constants so tests,
+# reports and the validator agree on the words.
+NOT_AN_OBJECT = "record is not a JSON object"
+MISSING_ID = "missing or empty id"
+DUPLICATE_ID = "duplicate id"
+MISSING_VIDEO = "missing video field"
+MISSING_CONVERSATIONS = "missing or empty conversations"
+BAD_TURN = "malformed turn (needs from/value strings)"
+UNKNOWN_ROLE = "unknown role in conversations"
+NO_GPT_TURN = "no gpt turn"
+MULTIPLE_IMAGE = "<image> more than once"
+PATH_ESCAPES = "path escapes its folder"
+VIDEO_NOT_FOUND = "video file missing"
+UNDECODABLE = "undecodable video"
+NO_TRANSCRIPT = "no transcript for <speech>"
+FILTERED_OUT = "filtered out by video_ids_file"
+
+SHORT_CLIP = "clip shorter than frames asked (frames repeated)"
+AUDIO_MISSING = "audio file missing (record kept, audio unused)"
+
+
+class DataError(UserError):
+    """A data file that cannot be used at all (one line, names the file)."""
+
+
+@dataclass
+class Turn:
+    role: str  # "human" | "gpt"
+    value: str
+    type: str | None = None
+
+
+@dataclass
+class Record:
+    id: str
+    video: Path
+    turns: list[Turn]
+    audio: Path | None = None
+    split: str = "train"
+
+    @property
+    def question_types(self) -> list[str | None]:
+        return [t.type for t in self.turns if t.role == "gpt"]
+
+
+@dataclass
+class DataReport:
+    records: list[Record] = field(default_factory=list)
+    total: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    warnings: Counter = field(default_factory=Counter)
+    # reason -> first few record ids (or "#index" when there is no id), so users can find them.
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    unknown_ids: list[str] = field(default_factory=list)
+    unknown_eval_ids: list[str] = field(default_factory=list)
+
+    def note(self, counter: Counter, reason: str, culprit: str) -> None:
+        counter[reason] += 1
+        ex = self.examples.setdefault(reason, [])
+        if len(ex) < 3:
+            ex.append(culprit)
+
+    @property
+    def train(self) -> list[Record]:
+        return [r for r in self.records if r.split == "train"]
+
+    @property
+    def eval(self) -> list[Record]:
+        return [r for r in self.records if r.split == "eval"]
+
+    def summary(self) -> dict:
+        return {
+            "total": self.total,
+            "usable": len(self.records),
+            "train": len(self.train),
+            "eval": len(self.eval),
+            "skipped": dict(self.skipped),
+            "warnings": dict(self.warnings),
+            "unknown_ids": len(self.unknown_ids),
+        }
+
+
+def read_json_list(path: Path) -> list:
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found (set data.data_path)")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 (byte {exc.start})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+    return data
+
+
+def read_id_file(path: Path) -> list[str]:
+    """One id per line; blank lines and surrounding spaces are ignored."""
+    if not path.is_file():
+        raise DataError(f"{path}: ids file not found")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8") from None
+    return [line.strip() for line in lines if line.strip()]
+
+
+def confined(folder: Path, relative: str) -> Path | None:
+    """Resolve `relative` inside `folder`; None when it escapes (../, absolute path, symlink out)."""
+    root = folder.resolve()
+    target = (folder / relative).resolve()
+    return target if target.is_relative_to(root) else None
+
+
+def load_transcripts(path: Path) -> dict[str, str]:
+    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: transcripts file must be a JSON object mapping id -> text")
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def _parse_turns(raw: object) -> tuple[list[Turn] | None, str | None]:
+    if not isinstance(raw, list) or not raw:
+        return None, MISSING_CONVERSATIONS
+    turns = []
+    for t in raw:
+        if not isinstance(t, dict) or not isinstance(t.get("from"), str) or not isinstance(t.get("value"), str):
+            return None, BAD_TURN
+        if t["from"] not in ROLES:
+            return None, UNKNOWN_ROLE
+        kind = t.get("type")
+        turns.append(Turn(t["from"], t["value"], str(kind) if kind is not None else None))
+    if not any(t.role == "gpt" for t in turns):
+        return None, NO_GPT_TURN
+    if sum(t.value.count(IMAGE_TOKEN) for t in turns) > 1:
+        return None, MULTIPLE_IMAGE
+    return turns, None
+
+
+def _apply_speech(turns: list[Turn], text: str | None) -> list[Turn]:
+    """`drop` passes text=None: the tag and the line break after it disappear."""
+    out = []
+    for t in turns:
+        if SPEECH_TOKEN in t.value:
+            value = t.value.replace(SPEECH_TOKEN + "\n", SPEECH_TOKEN) if text is None else t.value
+            value = value.replace(SPEECH_TOKEN, text or "").strip()
+            t = Turn(t.role, value, t.type)
+        out.append(t)
+    return out
+
+
+def _is_eval(record_id: str, fraction: float) -> bool:
+    digest = hashlib.sha1(record_id.encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 < fraction
+
+
+def load_records(
+    cfg: DataConfig,
+    probe: Callable[[Path], int] | None = None,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> DataReport:
+    """Parse, filter and check every record of `cfg.data_path`.
+
+    `probe(path) -> frame count` raises on an undecodable video; None skips that (costly) check.
+    `transcript`-strategy records whose text comes from an ASR model are resolved later, by
+    `app.data.speech`, since that needs the model.
+    """
+    data_path = Path(cfg.data_path)
+    raw_records = read_json_list(data_path)
+    video_folder = Path(cfg.video_folder)
+    if not video_folder.is_dir():
+        raise DataError(f"{video_folder}: video folder not found (set data.video_folder)")
+    audio_folder = Path(cfg.audio_folder) if cfg.audio_folder else data_path.parent
+
+    keep_ids = set(read_id_file(Path(cfg.video_ids_file))) if cfg.video_ids_file else None
+    eval_ids = set(read_id_file(Path(cfg.eval_ids_file))) if cfg.eval_ids_file else None
+    transcripts = (
+        load_transcripts(Path(cfg.transcripts_file))
+        if cfg.speech_strategy == "transcript" and cfg.transcripts_file
+        else {}
+    )
+
+    report = DataReport(total=len(raw_records))
+    seen: set[str] = set()
+    matched_keep: set[str] = set()
+    items = progress(raw_records) if progress else raw_records
+    for index, raw in enumerate(items):
+        if not isinstance(raw, dict):
+            report.note(report.skipped, NOT_AN_OBJECT, f"#{index}")
+            continue
+        rid = raw.get("id")
+        if not isinstance(rid, (str, int)) or str(rid).strip() == "":
+            report.note(report.skipped, MISSING_ID, f"#{index}")
+            continue
+        rid = str(rid)
+        if rid in seen:
+            report.note(report.skipped, DUPLICATE_ID, rid)
+            continue
+        seen.add(rid)
+        video = raw.get("video")
+        if not isinstance(video, str) or not video.strip():
+            report.note(report.skipped, MISSING_VIDEO, rid)
+            continue
+        if keep_ids is not None:
+            hit = {rid, Path(video).stem} & keep_ids
+            if not hit:
+                report.note(report.skipped, FILTERED_OUT, rid)
+                continue
+            matched_keep |= hit
+        turns, reason = _parse_turns(raw.get("conversations"))
+        if reason:
+            report.note(report.skipped, reason, rid)
+            continue
+        video_path = confined(video_folder, video)
+        if video_path is None:
+            report.note(report.skipped, PATH_ESCAPES, f"{rid} ({video})")
+            continue
+        if not video_path.is_file():
+            report.note(report.skipped, VIDEO_NOT_FOUND, f"{rid} ({video_path})")
+            continue
+        audio_path = None
+        if isinstance(raw.get("audio"), str) and raw["audio"].strip():
+            audio_path = confined(audio_folder, raw["audio"])
+            if audio_path is None:
+                report.note(report.skipped, PATH_ESCAPES, f"{rid} ({raw['audio']})")
+                continue
+            if not audio_path.is_file():
+                report.note(report.warnings, AUDIO_MISSING, f"{rid} ({audio_path})")
+                audio_path = None
+        has_speech = any(SPEECH_TOKEN in t.value for t in turns)
+        if has_speech and cfg.speech_strategy == "drop":
+            turns = _apply_speech(turns, None)
+        elif has_speech and cfg.transcripts_file:
+            if rid not in transcripts:
+                report.note(report.skipped, NO_TRANSCRIPT, rid)
+                continue
+            turns = _apply_speech(turns, transcripts[rid])
+        if probe is not None:
+            try:
+                frames = probe(video_path)
+            except Exception as exc:  # the probe's own error class names the file
+                report.note(report.skipped, UNDECODABLE, f"{rid} ({str(exc).splitlines()[0]})")
+                continue
+            if frames < cfg.num_frames:
+                report.note(report.warnings, SHORT_CLIP, rid)
+        if eval_ids is not None:
+            split = "eval" if rid in eval_ids else "train"
+        else:
+            split = "eval" if _is_eval(rid, cfg.eval_fraction) else "train"
+        report.records.append(Record(rid, video_path, turns, audio_path, split))
+
+    if keep_ids is not None:
+        report.unknown_ids = sorted(keep_ids - matched_keep)
+    if eval_ids is not None:
+        report.unknown_eval_ids = sorted(eval_ids - seen)
+    return report
+
+
+def fingerprint(records: list[Record]) -> str:
+    """Identifies the data a run saw: record content plus each video's size and mtime."""
+    h = hashlib.sha256()
+    for r in sorted(records, key=lambda r: r.id):
+        st = r.video.stat()
+        turns = [(t.role, t.value, t.type) for t in r.turns]
+        h.update(json.dumps([r.id, r.split, r.video.name, st.st_size, int(st.st_mtime), turns]).encode())
+    return h.hexdigest()[:16]

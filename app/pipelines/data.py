@@ -1,0 +1,87 @@
+"""`data sample` and `data validate`: make the synthetic set, and tell users what of their data is usable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from app.config import Config
+from app.data.ego4d import DataReport, load_records
+
+console = Console()
+
+
+def sample(out: Path, clips: int = 40, seed: int = 0) -> None:
+    from app.data.synthetic import make_sample_set
+
+    summary = make_sample_set(out, clips=clips, seed=seed)
+    console.print(
+        f"wrote {summary.num_records} records ({summary.num_train} train, {summary.num_eval} held-out) "
+        f"to {summary.data_path}; clips in {summary.video_folder}"
+    )
+    console.print(
+        f"use it with: --set data.data_path={summary.data_path} --set data.video_folder={summary.video_folder} "
+        f"--set data.eval_ids_file={Path(out) / 'eval_ids.txt'}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _probe_frames(path: Path) -> int:
+    from app.data.video import probe_video
+
+    return probe_video(path).num_frames
+
+
+def _progress():
+    return Progress(
+        TextColumn("[bold]checking records"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def load_with_progress(cfg: Config) -> DataReport:
+    probe = _probe_frames if cfg.data.check_decodable else None
+    with _progress() as bar:
+        def track(items):
+            return bar.track(items, total=len(items))
+
+        return load_records(cfg.data, probe=probe, progress=track)
+
+
+def print_report(report: DataReport, title: str = "data") -> None:
+    table = Table(title=f"{title}: {report.total} records")
+    table.add_column("outcome")
+    table.add_column("count", justify="right")
+    table.add_column("examples", overflow="fold")
+    table.add_row("[green]usable[/]", str(len(report.records)), "")
+    table.add_row("  train", str(len(report.train)), "")
+    table.add_row("  held-out", str(len(report.eval)), "")
+    for reason, count in report.skipped.most_common():
+        table.add_row(f"[red]skipped: {reason}[/]", str(count), ", ".join(report.examples.get(reason, [])))
+    for reason, count in report.warnings.most_common():
+        table.add_row(f"[yellow]warning: {reason}[/]", str(count), ", ".join(report.examples.get(reason, [])))
+    console.print(table)
+    if report.unknown_ids:
+        shown = ", ".join(report.unknown_ids[:5]) + (" …" if len(report.unknown_ids) > 5 else "")
+        console.print(f"[yellow]video_ids_file: {len(report.unknown_ids)} unknown ids[/] ({shown})", highlight=False)
+    if report.unknown_eval_ids:
+        shown = ", ".join(report.unknown_eval_ids[:5])
+        console.print(
+            f"[yellow]eval_ids_file: {len(report.unknown_eval_ids)} unknown ids[/] ({shown})", highlight=False
+        )
+
+
+def validate(cfg: Config) -> DataReport:
+    report = load_with_progress(cfg)
+    print_report(report, title=str(cfg.data.data_path))
+    if not report.records:
+        console.print("[bold red]nothing usable[/]: fix the skips above or point data.data_path elsewhere")
+    return report

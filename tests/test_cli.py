@@ -1,0 +1,81 @@
+"""The CLI as users run it: a real subprocess of the installed `ego4d-ft` script."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EGO = str(Path(sys.executable).parent / "ego4d-ft")
+TINY = str(REPO / "configs" / "tiny_cpu.yaml")
+
+
+def run(*args, cwd=REPO):
+    return subprocess.run([EGO, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_help_lists_every_command():
+    out = run("--help").stdout
+    for cmd in ["baseline", "train", "evaluate", "compare", "data", "model", "ui"]:
+        assert cmd in out
+    assert "sample" in run("data", "--help").stdout and "validate" in run("data", "--help").stdout
+    assert "inspect" in run("model", "--help").stdout
+
+
+def test_help_does_not_import_heavy_libraries():
+    code = (
+        "import sys; from typer.testing import CliRunner; from app.cli import app;"
+        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output;"
+        "heavy = [m for m in ('torch', 'transformers', 'decord', 'mlflow', 'peft') if m in sys.modules];"
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("args", [["baseline"], ["compare"], ["ui"]])
+def test_unbuilt_command_says_so_and_exits_2(args):
+    res = run(*args)
+    assert res.returncode == 2
+    assert "not built yet" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_bad_override_is_one_line_exit_1_no_traceback():
+    res = run("data", "validate", "--config", TINY, "--set", "data.frames=8")
+    assert res.returncode == 1
+    assert "unknown key 'data.frames'" in res.stderr and "num_frames" in res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_missing_data_is_one_line_naming_the_file(tmp_path):
+    res = run("data", "validate", "--config", TINY, "--set", f"data.data_path={tmp_path}/none.json")
+    assert res.returncode == 1
+    assert f"{tmp_path}/none.json" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_validate_counts_usable_and_skips(sample_set, data_overrides, tmp_path):
+    sets = [a for o in data_overrides for a in ("--set", o)]
+    res = run("data", "validate", "--config", TINY, *sets)
+    assert res.returncode == 0, res.stderr
+    assert "usable" in res.stdout and "│ 12 " in res.stdout.replace("  ", " ")
+
+    # One broken record among good ones: reported with its reason, exit stays 0.
+    records = json.loads((sample_set / "Ego4D.json").read_text())
+    records.append({"id": "evil", "video": "../../etc/passwd", "conversations": records[0]["conversations"]})
+    bad = tmp_path / "with_bad.json"
+    bad.write_text(json.dumps(records))
+    res = run("data", "validate", "--config", TINY, *sets, "--set", f"data.data_path={bad}")
+    assert res.returncode == 0
+    assert "path escapes its folder" in res.stdout and "evil" in res.stdout
+
+
+def test_validate_exits_1_when_nothing_usable(sample_set, data_overrides, tmp_path):
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    sets = [a for o in data_overrides for a in ("--set", o)]
+    res = run("data", "validate", "--config", TINY, *sets, "--set", f"data.data_path={empty}")
+    assert res.returncode == 1
+    assert "nothing usable" in res.stdout
