@@ -1,6 +1,7 @@
 """The CLI as users run it: a real subprocess of the installed `ego4d-ft` script."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ TINY = str(REPO / "configs" / "tiny_cpu.yaml")
 
 
 def run(*args, cwd=REPO):
-    return subprocess.run([EGO, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    env = {**os.environ, "COLUMNS": "200"}  # rich wraps tables at the terminal width
+    return subprocess.run([EGO, *args], capture_output=True, text=True, cwd=cwd, timeout=300, env=env)
 
 
 def test_help_lists_every_command():
@@ -56,26 +58,44 @@ def test_missing_data_is_one_line_naming_the_file(tmp_path):
     assert f"{tmp_path}/none.json" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_validate_counts_usable_and_skips(sample_set, data_overrides, tmp_path):
+def test_validate_counts_usable_and_skips(sample_dir, data_overrides, tmp_path):
     sets = [a for o in data_overrides for a in ("--set", o)]
     res = run("data", "validate", "--config", TINY, *sets)
     assert res.returncode == 0, res.stderr
-    assert "usable" in res.stdout and "│ 12 " in res.stdout.replace("  ", " ")
+    assert "usable: 12 of 12 records (train 10, held-out 2); skipped: 0" in res.stdout
 
     # One broken record among good ones: reported with its reason, exit stays 0.
-    records = json.loads((sample_set / "Ego4D.json").read_text())
+    records = json.loads((sample_dir / "Ego4D.json").read_text())
     records.append({"id": "evil", "video": "../../etc/passwd", "conversations": records[0]["conversations"]})
     bad = tmp_path / "with_bad.json"
     bad.write_text(json.dumps(records))
     res = run("data", "validate", "--config", TINY, *sets, "--set", f"data.data_path={bad}")
     assert res.returncode == 0
+    assert "usable: 12 of 13 records" in res.stdout and "skipped: 1" in res.stdout
     assert "path escapes its folder" in res.stdout and "evil" in res.stdout
 
 
-def test_validate_exits_1_when_nothing_usable(sample_set, data_overrides, tmp_path):
+def test_validate_exits_1_when_nothing_usable(sample_dir, data_overrides, tmp_path):
     empty = tmp_path / "empty.json"
     empty.write_text("[]")
     sets = [a for o in data_overrides for a in ("--set", o)]
     res = run("data", "validate", "--config", TINY, *sets, "--set", f"data.data_path={empty}")
     assert res.returncode == 1
     assert "nothing usable" in res.stdout
+
+
+def test_sample_40_clips_then_validate_reports_40_usable(tmp_path):
+    from app.data.video import probe_video
+
+    out = tmp_path / "s"
+    res = run("data", "sample", "--out", str(out), "--clips", "40")
+    assert res.returncode == 0, res.stderr
+    clips = sorted((out / "videos").glob("*.mp4"))
+    assert len(clips) == 40
+    for clip in clips:
+        info = probe_video(clip)
+        assert info.num_frames == 16 and info.has_audio
+    data = ["--set", f"data.data_path={out / 'Ego4D.json'}", "--set", f"data.video_folder={out / 'videos'}"]
+    res = run("data", "validate", *data)
+    assert res.returncode == 0, res.stderr
+    assert "usable: 40 of 40 records" in res.stdout

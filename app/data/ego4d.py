@@ -119,10 +119,10 @@ def read_json_list(path: Path) -> list:
     return data
 
 
-def read_id_file(path: Path) -> list[str]:
+def read_id_file(path: Path, key: str = "ids file") -> list[str]:
     """One id per line; blank lines and surrounding spaces are ignored."""
     if not path.is_file():
-        raise DataError(f"{path}: ids file not found")
+        raise DataError(f"{path}: file not found (set {key})")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
@@ -197,8 +197,8 @@ def load_records(
         raise DataError(f"{video_folder}: video folder not found (set data.video_folder)")
     audio_folder = Path(cfg.audio_folder) if cfg.audio_folder else data_path.parent
 
-    keep_ids = set(read_id_file(Path(cfg.video_ids_file))) if cfg.video_ids_file else None
-    eval_ids = set(read_id_file(Path(cfg.eval_ids_file))) if cfg.eval_ids_file else None
+    keep_ids = set(read_id_file(Path(cfg.video_ids_file), "data.video_ids_file")) if cfg.video_ids_file else None
+    eval_ids = set(read_id_file(Path(cfg.eval_ids_file), "data.eval_ids_file")) if cfg.eval_ids_file else None
     transcripts = (
         load_transcripts(Path(cfg.transcripts_file))
         if cfg.speech_strategy == "transcript" and cfg.transcripts_file
@@ -255,11 +255,12 @@ def load_records(
         has_speech = any(SPEECH_TOKEN in t.value for t in turns)
         if has_speech and cfg.speech_strategy == "drop":
             turns = _apply_speech(turns, None)
-        elif has_speech and cfg.transcripts_file:
-            if rid not in transcripts:
-                report.note(report.skipped, NO_TRANSCRIPT, rid)
-                continue
+        elif has_speech and rid in transcripts:
             turns = _apply_speech(turns, transcripts[rid])
+        elif has_speech and not cfg.asr_model:
+            report.note(report.skipped, NO_TRANSCRIPT, rid)
+            continue
+        # else: <speech> stays until app.data.speech transcribes it with the ASR model.
         if probe is not None:
             try:
                 frames = probe(video_path)

@@ -25,13 +25,14 @@ def _rec(rid="a", video="a.mp4", convs=None, **extra):
 
 
 @pytest.fixture
-def folder(tmp_path: Path, sample_set: Path) -> Path:
+def folder(tmp_path: Path, sample_dir: Path) -> Path:
     """A data folder with two real mp4s copied from the synthetic set."""
     videos = tmp_path / "videos"
     videos.mkdir()
-    clips = sorted((sample_set / "videos").glob("*.mp4"))
+    clips = sorted((sample_dir / "videos").glob("*.mp4"))
     shutil.copy(clips[0], videos / "a.mp4")
     shutil.copy(clips[1], videos / "b.mp4")
+    shutil.copy(clips[2], videos / "c.mp4")
     return tmp_path
 
 
@@ -105,7 +106,7 @@ def test_undecodable_video_is_skipped_when_probing(folder):
 def test_video_ids_file_filters_and_reports_unknown_ids(folder):
     ids = folder / "ids.txt"
     ids.write_text("a\n\n   \nghost-1\nb\nghost-2\n")
-    cfg = _write(folder, [_rec("a", "a.mp4"), _rec("b", "b.mp4"), _rec("c", "a.mp4")])
+    cfg = _write(folder, [_rec("a", "a.mp4"), _rec("b", "b.mp4"), _rec("c", "c.mp4")])
     cfg.video_ids_file = str(ids)
     report = load_records(cfg)
     assert [r.id for r in report.records] == ["a", "b"]
@@ -134,7 +135,8 @@ def test_speech_drop_and_transcript(folder):
     dropped = load_records(cfg).records[0].turns[0].value
     assert dropped == "<image>\nWhat colour?"
     (folder / "tr.json").write_text(json.dumps({"a": "I am holding a cup"}))
-    cfg.speech_strategy, cfg.transcripts_file = "transcript", str(folder / "tr.json")
+    cfg.transcripts_file = str(folder / "tr.json")
+    cfg.speech_strategy = "transcript"
     report = load_records(cfg)
     assert report.records[0].turns[0].value == "<image>\nI am holding a cup\nWhat colour?"
     assert report.skipped[ego4d.NO_TRANSCRIPT] == 1  # b has no transcript: reported, not guessed

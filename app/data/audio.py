@@ -1,0 +1,96 @@
+"""Audio loading: float32 mono at a fixed rate from audio files or from a video container's audio track.
+
+Plain audio files go through librosa (soundfile underneath reads wav/flac/ogg/mp3 here). librosa cannot
+open video containers on these machines (no ffmpeg binary for audioread), so their first audio stream is
+decoded and resampled with PyAV instead. Every failure becomes an `AudioError` with a one-line message
+that starts with the file name.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import av
+import librosa
+import numpy as np
+
+from app.errors import UserError
+
+AUDIO_EXTENSIONS = frozenset({".wav", ".mp3", ".flac", ".ogg"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mkv", ".mov", ".webm"})
+
+
+class AudioError(UserError):
+    """An audio source that cannot be used; the message is one line that starts with the file name."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return next((line.strip() for line in str(text).splitlines() if line.strip()), type(exc).__name__)
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise AudioError(f"{path}: file not found")
+    if not path.is_file():
+        raise AudioError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
+
+
+def _load_from_container(path: Path, sr: int) -> np.ndarray:
+    chunks: list[np.ndarray] = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioError(f"{path}: no audio stream")
+            stream = container.streams.audio[0]
+            # Planar float mono out of the resampler, so chunks concatenate without reshaping.
+            resampler = av.AudioResampler(format="fltp", layout="mono", rate=sr)
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray()[0])
+            for out in resampler.resample(None):  # flush what the resampler still holds
+                chunks.append(out.to_ndarray()[0])
+    except AudioError:
+        raise
+    except (av.FFmpegError, ValueError, RuntimeError) as exc:
+        raise AudioError(f"{path}: cannot decode audio ({_one_line(exc)})") from None
+    if not chunks:
+        raise AudioError(f"{path}: cannot decode audio (audio stream has no samples)")
+    return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+def load_audio(path: Path, sr: int = 16000) -> np.ndarray:
+    """Samples of `path` as float32, mono, 1-D, at `sr` Hz.
+
+    Audio files (.wav/.mp3/.flac/.ogg) are read with librosa; video containers (.mp4/.mkv/.mov/.webm)
+    give their first audio track. Raises AudioError for missing, empty or corrupt files and
+    for containers without an audio stream.
+    """
+    path = Path(path)
+    if sr < 1:
+        raise ValueError(f"sr must be positive, got {sr}")
+    _check_file(path)
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_EXTENSIONS:
+        samples = _load_from_container(path, sr)
+    elif suffix in AUDIO_EXTENSIONS:
+        try:
+            with warnings.catch_warnings():
+                # librosa warns before falling back to audioread; the outcome is reported below instead.
+                warnings.filterwarnings("ignore", message="PySoundFile failed")
+                warnings.filterwarnings("ignore", category=FutureWarning, module="librosa")
+                # audioread (imported lazily on first load) imports stdlib modules deprecated in 3.13.
+                warnings.filterwarnings("ignore", category=DeprecationWarning, module="audioread")
+                samples, _ = librosa.load(path, sr=sr, mono=True)
+        except Exception as exc:  # soundfile, audioread and numpy all raise their own types here
+            # audioread's NoBackendError has no text: soundfile could not parse it, and no ffmpeg here.
+            reason = "not a readable audio file" if type(exc).__name__ == "NoBackendError" else _one_line(exc)
+            raise AudioError(f"{path}: cannot decode audio ({reason})") from None
+    else:
+        raise AudioError(f"{path}: unsupported audio file type {suffix or '(none)'!r}")
+    if samples.size == 0:
+        raise AudioError(f"{path}: cannot decode audio (no samples)")
+    return np.ascontiguousarray(samples, dtype=np.float32)
