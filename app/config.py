@@ -155,12 +155,17 @@ def _describe(err: dict, source: str) -> str:
     return f"{where}key '{key}': {err['msg'].lower()}; got {given!r}"
 
 
-def _validate(raw: dict[str, Any], source: str) -> Config:
+def _validate(raw: dict[str, Any], source: str, final: bool = True) -> Config | None:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        # One line: the first problem is what the user fixes first; the count says there are more.
         errors = exc.errors()
+        if not final:
+            # Cross-key rules (value_error) wait for the last --set: two keys may only make sense together.
+            errors = [e for e in errors if e["type"] != "value_error"]
+            if not errors:
+                return None
+        # One line: the first problem is what the user fixes first; the count says there are more.
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ConfigError(_describe(errors[0], source) + more) from None
 
@@ -192,7 +197,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"{path}: not valid YAML ({first})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
-    _validate(raw, str(path))
+    _validate(raw, str(path), final=False)
     for item in overrides or []:
         parts, value = parse_override(item)
         node = raw
@@ -202,6 +207,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 raise ConfigError(f"--set {item}: '{part}' is not a section")
             node = child
         node[parts[-1]] = value
-        _validate(raw, f"--set {item}")
-    return _validate(raw, str(path))
+        _validate(raw, f"--set {item}", final=False)
+    source = f"--set {' '.join(overrides)}" if overrides else str(path)
+    return _validate(raw, source)
 

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def sample_set(tmp_path_factory) -> Path:
+def sample_dir(tmp_path_factory) -> Path:
     from app.data.synthetic import make_sample_set
 
     out = tmp_path_factory.mktemp("sample")
@@ -21,9 +21,9 @@ def sample_set(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def data_overrides(sample_set: Path) -> list[str]:
+def data_overrides(sample_dir: Path) -> list[str]:
     return [
-        f"data.data_path={sample_set / 'Ego4D.json'}",
-        f"data.video_folder={sample_set / 'videos'}",
-        f"data.eval_ids_file={sample_set / 'eval_ids.txt'}",
+        f"data.data_path={sample_dir / 'Ego4D.json'}",
+        f"data.video_folder={sample_dir / 'videos'}",
+        f"data.eval_ids_file={sample_dir / 'eval_ids.txt'}",
     ]

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from app.config import Config
 from app.data.ego4d import DataReport, load_records
+from app.data.speech import needs_asr, transcribe_speech
 
 console = Console()
 
@@ -36,9 +37,9 @@ def _probe_frames(path: Path) -> int:
     return probe_video(path).num_frames
 
 
-def _progress():
+def _progress(label: str) -> Progress:
     return Progress(
-        TextColumn("[bold]checking records"),
+        TextColumn(f"[bold]{label}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
@@ -47,13 +48,18 @@ def _progress():
     )
 
 
-def load_with_progress(cfg: Config) -> DataReport:
+def load_data(cfg: Config) -> DataReport:
+    """Records of the configured data, checked (decodable video) and with `<speech>` resolved."""
     probe = _probe_frames if cfg.data.check_decodable else None
-    with _progress() as bar:
-        def track(items):
-            return bar.track(items, total=len(items))
-
-        return load_records(cfg.data, probe=probe, progress=track)
+    with _progress("checking records") as bar:
+        report = load_records(cfg.data, probe=probe, progress=lambda items: bar.track(items, total=len(items)))
+    if cfg.data.speech_strategy == "transcript" and cfg.data.asr_model and needs_asr(report):
+        with _progress(f"transcribing <speech> with {cfg.data.asr_model}") as bar:
+            n = transcribe_speech(
+                report, cfg.data.asr_model, progress=lambda items: bar.track(items, total=len(items))
+            )
+        console.print(f"transcribed <speech> in {n} records with {cfg.data.asr_model}")
+    return report
 
 
 def print_report(report: DataReport, title: str = "data") -> None:
@@ -69,6 +75,12 @@ def print_report(report: DataReport, title: str = "data") -> None:
     for reason, count in report.warnings.most_common():
         table.add_row(f"[yellow]warning: {reason}[/]", str(count), ", ".join(report.examples.get(reason, [])))
     console.print(table)
+    skipped = sum(report.skipped.values())
+    console.print(
+        f"usable: {len(report.records)} of {report.total} records "
+        f"(train {len(report.train)}, held-out {len(report.eval)}); skipped: {skipped}",
+        highlight=False,
+    )
     if report.unknown_ids:
         shown = ", ".join(report.unknown_ids[:5]) + (" …" if len(report.unknown_ids) > 5 else "")
         console.print(f"[yellow]video_ids_file: {len(report.unknown_ids)} unknown ids[/] ({shown})", highlight=False)
@@ -80,7 +92,7 @@ def print_report(report: DataReport, title: str = "data") -> None:
 
 
 def validate(cfg: Config) -> DataReport:
-    report = load_with_progress(cfg)
+    report = load_data(cfg)
     print_report(report, title=str(cfg.data.data_path))
     if not report.records:
         console.print("[bold red]nothing usable[/]: fix the skips above or point data.data_path elsewhere")
