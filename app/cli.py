@@ -147,7 +147,11 @@ def model_inspect(
     meta: Annotated[bool, typer.Option("--meta", help="Build on the meta device: no weights needed.")] = False,
 ):
     """Parameters (total/trainable), 4-bit layers, vision tokens per clip, memory estimate."""
-    _not_built("model inspect", 3)
+    from app.pipelines.model import inspect
+
+    if mode not in ("baseline", "qlora", "lora"):
+        _fail(f"--mode {mode!r}: expected baseline, qlora or lora")
+    _run(inspect, _config(config, set_), mode=mode, meta=meta)
 
 
 def main() -> None:

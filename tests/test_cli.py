@@ -99,3 +99,19 @@ def test_sample_40_clips_then_validate_reports_40_usable(tmp_path):
     res = run("data", "validate", *data)
     assert res.returncode == 0, res.stderr
     assert "usable: 40 of 40 records" in res.stdout
+
+
+def test_model_inspect_meta_counts_the_8b_architecture():
+    res = run("model", "inspect", "--meta")
+    assert res.returncode == 0, res.stderr
+    total = int(res.stdout.split("total_params=")[1].split()[0])
+    assert abs(total - 8.5e9) / 8.5e9 <= 0.005  # published: 8.5B total (model card table)
+    assert "Linear4bit layers" in res.stdout
+
+
+def test_model_inspect_tiny_with_sample_data(data_overrides, tmp_path):
+    sets = [a for o in data_overrides for a in ("--set", o)]
+    res = run("model", "inspect", "--config", TINY, *sets, "--set", f"model.cache_dir={tmp_path}", "--mode", "qlora")
+    assert res.returncode == 0, res.stderr
+    assert "longest of 12 records" in res.stdout
+    assert int(res.stdout.split("total_params=")[1].split()[0]) > 0

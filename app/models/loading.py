@@ -207,19 +207,27 @@ def load_model_and_processor(
         kwargs["dtype"] = _dtype(compute_dtype)
 
     if family == "llava_ov15":
-        from .llava_ov15 import LlavaOV15ForConditionalGeneration, LlavaOV15Processor
+        from .llava_ov15 import LlavaOV15ForConditionalGeneration
 
         model = LlavaOV15ForConditionalGeneration.from_pretrained(path_or_name, **kwargs)
-        processor = LlavaOV15Processor.from_pretrained(path_or_name, min_pixels=min_pixels, max_pixels=max_pixels)
     else:
         from transformers import LlavaOnevisionForConditionalGeneration
 
-        from .onevision import OnevisionProcessor
-
         model = LlavaOnevisionForConditionalGeneration.from_pretrained(path_or_name, **kwargs)
-        processor = OnevisionProcessor.from_pretrained(path_or_name)
     del spec
-    return model, processor
+    return model, load_processor(path_or_name, family, min_pixels, max_pixels)
+
+
+def load_processor(path_or_name: str, family: str = "llava_ov15", min_pixels: int | None = None,
+                   max_pixels: int | None = None):
+    """The processor alone (tokenizer + pixels), e.g. to measure sequence lengths without the weights."""
+    if family == "llava_ov15":
+        from .llava_ov15 import LlavaOV15Processor
+
+        return LlavaOV15Processor.from_pretrained(path_or_name, min_pixels=min_pixels, max_pixels=max_pixels)
+    from .onevision import OnevisionProcessor
+
+    return OnevisionProcessor.from_pretrained(path_or_name)
 
 
 def count_4bit_layers(model: nn.Module) -> int:
