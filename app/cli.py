@@ -81,7 +81,10 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint.")] = False,
 ):
     """M1: QLoRA (or LoRA) fine-tuning, then evaluation of the adapter."""
-    _not_built("train", 4)
+    from app.pipelines.train import train as run_training
+
+    cfg = _config(config, set_, use_cpu)
+    _run(run_training, cfg, mode=mode, deepspeed=deepspeed, resume=resume)
 
 
 @app.command()

@@ -32,6 +32,7 @@ BAD_TURN = "malformed turn (needs from/value strings)"
 UNKNOWN_ROLE = "unknown role in conversations"
 NO_GPT_TURN = "no gpt turn"
 MULTIPLE_IMAGE = "<image> more than once"
+IMAGE_NOT_FIRST = "<image> outside the first human turn"
 PATH_ESCAPES = "path escapes its folder"
 VIDEO_NOT_FOUND = "video file missing"
 UNDECODABLE = "undecodable video"
@@ -159,6 +160,9 @@ def _parse_turns(raw: object) -> tuple[list[Turn] | None, str | None]:
         return None, NO_GPT_TURN
     if sum(t.value.count(IMAGE_TOKEN) for t in turns) > 1:
         return None, MULTIPLE_IMAGE
+    first_human = next((i for i, t in enumerate(turns) if t.role == "human"), None)
+    if any(IMAGE_TOKEN in t.value for i, t in enumerate(turns) if i != first_human):
+        return None, IMAGE_NOT_FIRST
     return turns, None
 
 

@@ -16,7 +16,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 from decord import DECORDError, VideoReader, cpu
 
@@ -70,6 +69,8 @@ def _diagnose(path: Path, fallback: str) -> str:
         return "not a file"
     if path.stat().st_size == 0:
         return "empty file (0 bytes)"
+    import av  # only to explain a failure, and PyAV is not needed to read frames
+
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -129,6 +130,8 @@ def probe_video(path: Path) -> VideoInfo:
     reader = _open(path)
     num_frames, fps = len(reader), float(reader.get_avg_fps())
     del reader
+    import av
+
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]  # decord opened it, so there is one

@@ -153,6 +153,7 @@ def attach_lora(
     dropout: float = 0.05,
     train_merger: bool = False,
     gradient_checkpointing: bool = True,
+    projections: Sequence[str] | None = None,
 ):
     """Wrap ``model`` in PEFT LoRA. Under ``qlora`` the model is first prepared for k-bit training."""
     from peft import get_peft_model, prepare_model_for_kbit_training
@@ -172,7 +173,8 @@ def attach_lora(
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
-    return get_peft_model(model, build_lora_config(r, alpha, dropout, train_merger, family))
+    config = build_lora_config(r, alpha, dropout, train_merger, family, projections or LLM_PROJECTIONS)
+    return get_peft_model(model, config)
 
 
 def load_model_and_processor(

@@ -32,9 +32,9 @@ def sample(out: Path, clips: int = 40, seed: int = 0) -> None:
 
 
 def _probe_frames(path: Path) -> int:
-    from app.data.video import probe_video
+    from app.data.video import frame_count
 
-    return probe_video(path).num_frames
+    return frame_count(path)
 
 
 def _progress(label: str) -> Progress:

@@ -1,0 +1,22 @@
+"""Keep third-party chatter out of the user's terminal: our own progress bars and one-line notes say
+what matters. Real errors still surface as exceptions."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+
+def quiet_third_party() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked loader workers + tokenizers threads
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*kernels.*")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    for name in ("DeepSpeed", "deepspeed", "accelerate", "peft", "bitsandbytes"):
+        logging.getLogger(name).setLevel(logging.ERROR)

@@ -1,0 +1,178 @@
+"""Cost of a run, measured the same way for training and evaluation.
+
+Timers: CUDA events on GPU (they time the GPU work itself, without a sync inside the region), and
+`time.perf_counter` on CPU, where kernels are synchronous. Per optimizer step we keep step, forward,
+backward, optimizer and data-wait seconds, plus tokens (non-pad, vision tokens included) and samples; the
+JSON gets mean / median / p95 / min / max of each and the raw lists, which the tracker turns into
+histograms.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REGIONS = ("step", "forward", "backward", "optimizer", "data_wait")
+
+
+def summarize(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"mean": None, "median": None, "p95": None, "min": None, "max": None, "count": 0}
+    ordered = sorted(values)
+    # Nearest-rank p95: an observed value, never an interpolation between two steps.
+    p95 = ordered[min(len(ordered) - 1, max(0, -(-95 * len(ordered) // 100) - 1))]
+    return {
+        "mean": statistics.fmean(ordered),
+        "median": statistics.median(ordered),
+        "p95": p95,
+        "min": ordered[0],
+        "max": ordered[-1],
+        "count": len(ordered),
+    }
+
+
+def peak_host_rss_bytes() -> int:
+    # ru_maxrss is KiB on Linux; the high-water mark of this process (children are counted by workers).
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(own) * 1024
+
+
+class RegionTimer:
+    """Accumulates named regions inside one step; `flush()` returns seconds per region."""
+
+    def __init__(self, use_cuda: bool):
+        self.use_cuda = use_cuda
+        self._open: dict[str, Any] = {}
+        self._done: list[tuple[str, Any, Any]] = []
+
+    def start(self, name: str) -> None:
+        if self.use_cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self._open[name] = ev
+        else:
+            self._open[name] = time.perf_counter()
+
+    def is_open(self, name: str) -> bool:
+        return name in self._open
+
+    def stop(self, name: str) -> None:
+        begin = self._open.pop(name, None)
+        if begin is None:
+            return
+        if self.use_cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+        else:
+            end = time.perf_counter()
+        self._done.append((name, begin, end))
+
+    def flush(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.use_cuda and self._done:
+            torch.cuda.synchronize()
+        for name, begin, end in self._done:
+            seconds = begin.elapsed_time(end) / 1000.0 if self.use_cuda else end - begin
+            out[name] = out.get(name, 0.0) + seconds
+        self._done.clear()
+        return out
+
+
+@dataclass
+class Profiler:
+    """Collects per-step figures; `report()` is the profiling JSON of the file contract."""
+
+    mode: str
+    use_cuda: bool = field(default_factory=torch.cuda.is_available)
+    steps: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in REGIONS})
+    tokens: list[int] = field(default_factory=list)
+    samples: list[int] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.timer = RegionTimer(self.use_cuda)
+        self._t0 = time.perf_counter()
+        self._epoch_t0: float | None = None
+        self._step_tokens = 0
+        self._step_samples = 0
+        if self.use_cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+    @property
+    def timer_name(self) -> str:
+        return "cuda_event" if self.use_cuda else "perf_counter"
+
+    def count_batch(self, batch: dict[str, Any]) -> None:
+        mask = batch.get("attention_mask")
+        ids = batch.get("input_ids")
+        if mask is not None:
+            self._step_tokens += int(mask.sum())
+        elif ids is not None:
+            self._step_tokens += int(ids.numel())
+        if ids is not None:
+            self._step_samples += int(ids.shape[0])
+
+    def epoch_begin(self) -> None:
+        self._epoch_t0 = time.perf_counter()
+
+    def epoch_end(self) -> None:
+        if self._epoch_t0 is not None:
+            self.epoch_seconds.append(time.perf_counter() - self._epoch_t0)
+            self._epoch_t0 = None
+
+    def step_end(self) -> dict[str, float]:
+        """Close the step: store its regions, tokens and samples; returns this step's figures."""
+        regions = self.timer.flush()
+        # Backward is timed as forward+backward minus forward: the Trainer calls backward inside
+        # `training_step`, and the forward part is the only piece we can wrap on its own.
+        if "forward_backward" in regions:
+            regions["backward"] = max(0.0, regions.pop("forward_backward") - regions.get("forward", 0.0))
+        for name in REGIONS:
+            self.steps[name].append(regions.get(name, 0.0))
+        self.tokens.append(self._step_tokens)
+        self.samples.append(self._step_samples)
+        self._step_tokens = self._step_samples = 0
+        return regions
+
+    def report(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        total = time.perf_counter() - self._t0
+        step_total = sum(self.steps["step"])
+        tokens, samples = sum(self.tokens), sum(self.samples)
+        return {
+            "mode": self.mode,
+            "timer": self.timer_name,
+            "device": torch.cuda.get_device_name() if self.use_cuda else "cpu",
+            "total_wall_seconds": total,
+            "epoch_wall_seconds": list(self.epoch_seconds),
+            "num_steps": len(self.steps["step"]),
+            "num_tokens": tokens,
+            "num_samples": samples,
+            # Throughput over time spent in steps, so set-up and final saving don't dilute it.
+            "tokens_per_second": tokens / step_total if step_total else None,
+            "samples_per_second": samples / step_total if step_total else None,
+            **{f"{name}_seconds": summarize(self.steps[name]) for name in REGIONS},
+            "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if self.use_cuda else None,
+            "peak_host_rss_bytes": peak_host_rss_bytes(),
+            "pid": os.getpid(),
+            "raw": {"steps": self.steps, "tokens": self.tokens, "samples": self.samples},
+            **self.extra,
+            **(extra or {}),
+        }
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> Path:
+    """Write to a temp file then rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
