@@ -1,0 +1,33 @@
+"""Training fixtures: a 40-clip synthetic set and one tiny-model cache shared by the whole session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def sample40(tmp_path_factory) -> Path:
+    from app.data.synthetic import make_sample_set
+
+    out = tmp_path_factory.mktemp("sample40")
+    make_sample_set(out, clips=40, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture
+def train_sets(sample40: Path, model_cache: Path, tmp_path: Path) -> list[str]:
+    """--set overrides pointing a tiny run at the sample set, a shared model cache and a fresh output dir."""
+    return [
+        f"data.data_path={sample40 / 'Ego4D.json'}",
+        f"data.video_folder={sample40 / 'videos'}",
+        f"data.eval_ids_file={sample40 / 'eval_ids.txt'}",
+        f"model.cache_dir={model_cache}",
+        f"output_dir={tmp_path / 'results'}",
+    ]
