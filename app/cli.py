@@ -68,7 +68,9 @@ def _not_built(command: str, issue: int) -> None:
 @app.command()
 def baseline(config: ConfigOpt = None, set_: SetOpt = None, deepspeed: DeepSpeedOpt = None, use_cpu: CpuOpt = False):
     """M0: evaluate the base model on the held-out split (no training)."""
-    _not_built("baseline", 5)
+    from app.pipelines.evaluate import baseline as run_baseline
+
+    _run(run_baseline, _config(config, set_, use_cpu))
 
 
 @app.command()
@@ -98,7 +100,9 @@ def evaluate(
     use_cpu: CpuOpt = False,
 ):
     """Evaluate a trained adapter on the held-out split."""
-    _not_built("evaluate", 5)
+    from app.pipelines.evaluate import evaluate as run_evaluate
+
+    _run(run_evaluate, _config(config, set_, use_cpu), model)
 
 
 @app.command()

@@ -128,7 +128,9 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
     def config_hash(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """Identifies what a run computes: where results go or how they are tracked does not change it."""
+        content = {k: v for k, v in self.to_dict().items() if k not in ("output_dir", "tracking", "use_cpu")}
+        blob = json.dumps(content, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 

@@ -24,6 +24,7 @@ from rich.console import Console
 
 from app.config import Config
 from app.errors import UserError
+from app.models.setup import model_path
 
 console = Console()
 MODES = ("qlora", "lora")
@@ -79,7 +80,7 @@ def setup_model(cfg: Config, mode: str, ds: dict | None):
     import torch
 
     from app.models.loading import attach_lora, load_model_and_processor
-    from app.models.setup import attention_implementation, model_path
+    from app.models.setup import attention_implementation
 
     on_cuda = _on_cuda(cfg)
     attn, note = attention_implementation(cfg.model, on_cuda)
@@ -162,7 +163,7 @@ def newest_checkpoint(folder: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
-def save_final_adapter(trainer, processor, final_dir: Path) -> Path:
+def save_final_adapter(trainer, processor, final_dir: Path, meta: dict[str, Any]) -> Path:
     """Write beside, then rename: a reader sees the old adapter or the new one, never half of one.
 
     Every rank calls this: under ZeRO-3 the Trainer gathers the sharded LoRA weights collectively; only
@@ -175,6 +176,7 @@ def save_final_adapter(trainer, processor, final_dir: Path) -> Path:
     if not trainer.is_world_process_zero():
         return final_dir
     processor.save_pretrained(tmp)
+    (tmp / "ego4d_ft.json").write_text(json.dumps(meta, indent=2) + "\n")  # how to load it back
     (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; nothing of ours reads it
     old = final_dir.with_name(f".{final_dir.name}.old")
     shutil.rmtree(old, ignore_errors=True)
@@ -190,6 +192,24 @@ def epoch_losses(step_losses: list[tuple[int, int, float]]) -> list[dict[str, An
     for _, epoch, loss in step_losses:
         by_epoch.setdefault(epoch, []).append(loss)
     return [{"epoch": e + 1, "mean_loss": sum(v) / len(v), "steps": len(v)} for e, v in sorted(by_epoch.items())]
+
+
+def _evaluate_adapter(cfg: Config, final_dir: Path, records, mode: str, run_dir: Path):
+    import gc
+
+    import torch
+
+    from app.pipelines.evaluate import load_adapter, run_evaluation
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if not records:
+        console.print("[yellow]no held-out records: the adapter was not evaluated[/]")
+        return None, {}
+    model, processor, _ = load_adapter(cfg, final_dir)
+    results, cost = run_evaluation(cfg, model, processor, records, str(final_dir), run_dir, "eval", mode)
+    return results["metrics"], cost
 
 
 # --- the recipe ------------------------------------------------------------------------------------------------------
@@ -257,7 +277,9 @@ def train(cfg: Config, mode: str = "qlora", deepspeed: Path | None = None, resum
     train_seconds = time.perf_counter() - train_started
 
     # 6. final adapter and results (rank 0 writes; the others only trained)
-    final_dir = save_final_adapter(trainer, processor, run_dir / "final_model")
+    meta = {"mode": mode, "base_model": str(Path(model_path(cfg.model)).resolve()) if cfg.model.tiny
+            else cfg.model.name_or_path, "family": cfg.model.family, "config_hash": cfg.config_hash()}
+    final_dir = save_final_adapter(trainer, processor, run_dir / "final_model", meta)
     if not trainer.is_world_process_zero():
         return {}
     epochs = epoch_losses(trainer.step_losses)
@@ -282,15 +304,19 @@ def train(cfg: Config, mode: str = "qlora", deepspeed: Path | None = None, resum
         "data": report.summary(),
         "dataset_fingerprint": fingerprint(report.records),
         "config_hash": cfg.config_hash(),
-        "eval": None,  # held-out evaluation of the adapter arrives with issue #5
         **device_summary(),
     }
-    write_json_atomic(run_dir / "training_results.json", results)
     prof = profiler.report({"global_step": trainer.state.global_step, "optimizer_in_backward": ds is not None})
     write_json_atomic(out / "profiling" / f"{mode}_profiling.json", prof)
     console.print(
         f"trained {trainer.state.global_step} steps in {train_seconds:.1f} s; "
         "loss by epoch: " + ", ".join(f"{e['mean_loss']:.3f}" for e in epochs)
     )
+    # 7. the adapter on the held-out split, loaded back from disk exactly as `evaluate --model` would
+    del trainer, model
+    results["eval"], eval_cost = _evaluate_adapter(cfg, final_dir, report.eval, mode, run_dir)
+    results["eval_cost"] = {k: eval_cost.get(k) for k in ("total_wall_seconds", "generated_tokens_per_second",
+                                                          "samples_per_second", "batch_seconds")}
+    write_json_atomic(run_dir / "training_results.json", results)
     console.print(f"adapter: {final_dir}", highlight=False)
     return results

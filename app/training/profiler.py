@@ -92,13 +92,15 @@ class Profiler:
 
     mode: str
     use_cuda: bool = field(default_factory=torch.cuda.is_available)
-    steps: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in REGIONS})
+    regions: tuple[str, ...] = REGIONS
+    steps: dict[str, list[float]] = field(default_factory=dict)
     tokens: list[int] = field(default_factory=list)
     samples: list[int] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.steps = {k: [] for k in self.regions}
         self.timer = RegionTimer(self.use_cuda)
         self._t0 = time.perf_counter()
         self._epoch_t0: float | None = None
@@ -121,6 +123,10 @@ class Profiler:
         if ids is not None:
             self._step_samples += int(ids.shape[0])
 
+    def count(self, tokens: int, samples: int) -> None:
+        self._step_tokens += tokens
+        self._step_samples += samples
+
     def epoch_begin(self) -> None:
         self._epoch_t0 = time.perf_counter()
 
@@ -136,7 +142,7 @@ class Profiler:
         # `training_step`, and the forward part is the only piece we can wrap on its own.
         if "forward_backward" in regions:
             regions["backward"] = max(0.0, regions.pop("forward_backward") - regions.get("forward", 0.0))
-        for name in REGIONS:
+        for name in self.regions:
             self.steps[name].append(regions.get(name, 0.0))
         self.tokens.append(self._step_tokens)
         self.samples.append(self._step_samples)
@@ -145,7 +151,7 @@ class Profiler:
 
     def report(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         total = time.perf_counter() - self._t0
-        step_total = sum(self.steps["step"])
+        step_total = sum(self.steps[self.regions[0]])  # the whole-step region comes first
         tokens, samples = sum(self.tokens), sum(self.samples)
         return {
             "mode": self.mode,
@@ -153,13 +159,13 @@ class Profiler:
             "device": torch.cuda.get_device_name() if self.use_cuda else "cpu",
             "total_wall_seconds": total,
             "epoch_wall_seconds": list(self.epoch_seconds),
-            "num_steps": len(self.steps["step"]),
+            "num_steps": len(self.steps[self.regions[0]]),
             "num_tokens": tokens,
             "num_samples": samples,
             # Throughput over time spent in steps, so set-up and final saving don't dilute it.
             "tokens_per_second": tokens / step_total if step_total else None,
             "samples_per_second": samples / step_total if step_total else None,
-            **{f"{name}_seconds": summarize(self.steps[name]) for name in REGIONS},
+            **{f"{name}_seconds": summarize(self.steps[name]) for name in self.regions},
             "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if self.use_cuda else None,
             "peak_host_rss_bytes": peak_host_rss_bytes(),
             "pid": os.getpid(),

@@ -1,0 +1,181 @@
+"""Held-out evaluation: batched greedy generation (left padding, KV cache) and teacher-forced answer NLL.
+
+One item per gpt turn of each held-out record; earlier answers of a multi-turn record are given as history
+(teacher forcing), so every question is asked in the context the data defines. Items are processed in a
+fixed order, a batch at a time: decode frames → generate → score the reference → hand the batch's
+predictions to `on_batch` (the pipeline appends them to its resumable log).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from app.config import DataConfig
+from app.data.collate import IGNORE_INDEX, TrainCollator, encode_for_training, encode_prompt
+from app.data.ego4d import Record
+from app.data.video import VideoError, sample_frames
+from app.training.profiler import Profiler
+
+EVAL_REGIONS = ("batch", "data_wait", "generate", "score")
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    record: Record
+    gpt_index: int  # which gpt turn of the record is asked
+    question_type: str | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.record.id}#{self.gpt_index}"
+
+    @property
+    def question(self) -> str:
+        gpt = [i for i, t in enumerate(self.record.turns) if t.role == "gpt"][self.gpt_index]
+        return self.record.turns[gpt - 1].value if gpt > 0 else ""
+
+
+def eval_items(records: Iterable[Record]) -> list[EvalItem]:
+    items = []
+    for record in records:
+        for k, qtype in enumerate(record.question_types):
+            items.append(EvalItem(record, k, qtype))
+    return items
+
+
+def _upto_answer(record: Record, gpt_index: int) -> Record:
+    """The record cut just after its `gpt_index`-th answer (for scoring that answer alone)."""
+    gpts = [i for i, t in enumerate(record.turns) if t.role == "gpt"]
+    return replace(record, turns=record.turns[: gpts[gpt_index] + 1])
+
+
+def _last_span_only(labels: torch.Tensor) -> torch.Tensor:
+    """Keep only the final labelled run (this item's answer + <|im_end|>), drop its <|im_end|> too."""
+    idx = (labels != IGNORE_INDEX).nonzero().flatten().tolist()
+    keep = torch.full_like(labels, IGNORE_INDEX)
+    if not idx:
+        return keep
+    start = idx[-1]
+    while start - 1 in idx:
+        start -= 1
+    end = idx[-1]  # the closing <|im_end|>: not part of the answer text
+    keep[start:end] = labels[start:end]
+    return keep
+
+
+def _to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype | None) -> dict[str, Any]:
+    out = {}
+    for k, v in batch.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        v = v.to(device)
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        out[k] = v
+    return out
+
+
+@torch.no_grad()
+def run_batch(
+    model, processor, items: list[EvalItem], frames: dict[str, Any], max_new_tokens: int, profiler: Profiler
+) -> list[dict[str, Any]]:
+    device = next(model.parameters()).device
+    vision_dtype = getattr(model, "dtype", None)
+    pad_id = processor.tokenizer.pad_token_id
+    eos = [processor.tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_id]
+
+    # Generation: left padding so every prompt ends where its answer begins.
+    prompts, refs = [], []
+    for it in items:
+        enc, ref = encode_prompt(it.record, frames[it.record.id], processor, it.gpt_index)
+        prompts.append(enc)
+        refs.append(ref)
+    batch = _to_device(TrainCollator(pad_id, padding_side="left")(prompts), device, vision_dtype)
+    profiler.timer.start("generate")
+    out = model.generate(
+        **batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True, pad_token_id=pad_id,
+        eos_token_id=eos,
+    )
+    profiler.timer.stop("generate")
+    new_tokens = out[:, batch["input_ids"].shape[1]:]
+    generated = int(sum(int((row != pad_id).sum()) for row in new_tokens))
+    predictions = [p.strip() for p in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    # Scoring: the reference answer under teacher forcing, same items, same batch.
+    scored = []
+    for it in items:
+        enc = encode_for_training(_upto_answer(it.record, it.gpt_index), frames[it.record.id], processor)
+        enc["labels"] = _last_span_only(enc["labels"])
+        scored.append(enc)
+    sbatch = _to_device(TrainCollator(pad_id, padding_side="right")(scored), device, vision_dtype)
+    profiler.timer.start("score")
+    labels = sbatch.pop("labels")
+    logits = model(**sbatch).logits.float()
+    profiler.timer.stop("score")
+    shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(
+        shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    counts = (shift_labels != IGNORE_INDEX).sum(1)
+    sums = nll.sum(1)
+
+    profiler.count(generated, len(items))
+    return [
+        {
+            "key": it.key,
+            "id": it.record.id,
+            "gpt_index": it.gpt_index,
+            "question_type": it.question_type,
+            "question": it.question,
+            "reference": ref,
+            "prediction": pred,
+            "answer_nll": float(s / c) if c else None,
+            "answer_tokens": int(c),
+        }
+        for it, ref, pred, s, c in zip(items, refs, predictions, sums.tolist(), counts.tolist(), strict=True)
+    ]
+
+
+def evaluate_items(
+    model,
+    processor,
+    items: list[EvalItem],
+    data_cfg: DataConfig,
+    batch_size: int,
+    max_new_tokens: int,
+    profiler: Profiler,
+    on_batch: Callable[[list[dict[str, Any]]], None],
+    on_skip: Callable[[EvalItem, str], None],
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Run `items` in order, `batch_size` at a time; a clip that fails to decode skips its items (reported)."""
+    model.eval()
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        profiler.timer.start("batch")
+        profiler.timer.start("data_wait")
+        frames: dict[str, Any] = {}
+        ok = []
+        for it in chunk:
+            rid = it.record.id
+            if rid not in frames:
+                try:
+                    frames[rid] = sample_frames(
+                        it.record.video, data_cfg.num_frames, size=(data_cfg.frame_size, data_cfg.frame_size)
+                    )
+                except VideoError as exc:
+                    frames[rid] = None
+                    on_skip(it, str(exc))
+            if frames[rid] is not None:
+                ok.append(it)
+        profiler.timer.stop("data_wait")
+        rows = run_batch(model, processor, ok, frames, max_new_tokens, profiler) if ok else []
+        profiler.timer.stop("batch")
+        profiler.step_end()
+        on_batch(rows)
+        if progress:
+            progress(len(chunk))

@@ -1,0 +1,265 @@
+"""M0 baseline and `evaluate --model REF`: the same held-out evaluation, for a base model or an adapter.
+
+Recipe: config → data (held-out split) → model (base, or base + adapter) → batched generation + teacher-
+forced scoring → metrics → files. Files (under output_dir):
+  baseline:  training/baseline/baseline_results.json, training/baseline/predictions.jsonl,
+             profiling/baseline_profiling.json
+  evaluate:  {run folder of the adapter}/evaluate_results.json (+ predictions), profiling/evaluate_profiling.json
+Resumable: predictions are appended per batch to a hidden log; a rerun with the same model, config and data
+continues after the last complete batch and writes the same results file as an uninterrupted run. Results
+files hold no timings (those are in the profiling JSON), so they are reproducible byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from app.config import Config
+from app.errors import UserError
+
+console = Console()
+ADAPTER_META = "ego4d_ft.json"  # written next to each adapter: how it was trained
+
+
+# --- models ----------------------------------------------------------------------------------------------------------
+def _on_cuda(cfg: Config) -> bool:
+    import torch
+
+    return torch.cuda.is_available() and not cfg.use_cpu
+
+
+def load_base(cfg: Config, mode: str = "baseline", path: str | None = None):
+    from app.models.loading import load_model_and_processor
+    from app.models.setup import attention_implementation, model_path
+
+    on_cuda = _on_cuda(cfg)
+    attn, note = attention_implementation(cfg.model, on_cuda)
+    if note:
+        console.print(note)
+    model, processor = load_model_and_processor(
+        path or model_path(cfg.model),
+        family=cfg.model.family,
+        mode=mode,
+        torch_dtype=cfg.model.torch_dtype if on_cuda else "float32",
+        attn_implementation=attn,
+        compute_dtype=cfg.quantization.compute_dtype,
+        device_map={"": 0} if on_cuda else None,
+        trust_remote_code=cfg.model.trust_remote_code,
+        min_pixels=cfg.data.min_pixels,
+        max_pixels=cfg.data.max_pixels,
+    )
+    return model, processor
+
+
+def load_adapter(cfg: Config, adapter_dir: Path):
+    """Base model (read from the adapter's config) + the adapter, quantised as it was trained."""
+    from peft import PeftModel
+
+    config_file = adapter_dir / "adapter_config.json"
+    if not config_file.is_file():
+        raise UserError(f"{adapter_dir}: not an adapter folder (no adapter_config.json)")
+    base = json.loads(config_file.read_text()).get("base_model_name_or_path")
+    meta_file = adapter_dir / ADAPTER_META
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    base = meta.get("base_model") or base
+    if not base:
+        raise UserError(f"{config_file}: base_model_name_or_path is empty")
+    if not Path(base).exists() and "/" not in base:
+        raise UserError(f"{config_file}: base model {base!r} not found")
+    mode = meta.get("mode", "lora")
+    model, processor = load_base(cfg, mode="qlora" if mode == "qlora" else "baseline", path=base)
+    return PeftModel.from_pretrained(model, str(adapter_dir)), processor, meta
+
+
+# --- the resumable prediction log ----------------------------------------------------------------------------------
+def _run_key(model_ref: str, cfg: Config, keys: list[str]) -> str:
+    blob = json.dumps([model_ref, cfg.config_hash(), keys]).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _read_log(log: Path, run_key: str) -> dict[str, dict]:
+    """Rows of complete batches from an earlier, interrupted run of the same evaluation."""
+    if not log.is_file():
+        return {}
+    rows: dict[str, dict] = {}
+    with log.open(encoding="utf-8") as f:
+        header = f.readline()
+        try:
+            if json.loads(header).get("run_key") != run_key:
+                return {}
+        except json.JSONDecodeError:
+            return {}
+        for line in f:
+            try:
+                batch = json.loads(line)  # one line per batch: a torn last line is simply not resumed
+            except json.JSONDecodeError:
+                break
+            for row in batch["rows"]:
+                rows[row["key"]] = row
+            for skip in batch.get("skips", []):
+                rows[skip["key"]] = skip
+    return rows
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --- evaluation ------------------------------------------------------------------------------------------------------
+def run_evaluation(
+    cfg: Config, model, processor, records, model_ref: str, out_dir: Path, name: str, mode: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Evaluate `records` (held-out) and write `{name}_results.json` + `{name}_predictions.jsonl` in out_dir."""
+    from app.evaluation.generate import EVAL_REGIONS, eval_items, evaluate_items
+    from app.evaluation.metrics import aggregate, item_metrics
+    from app.training.profiler import Profiler
+
+    items = eval_items(records)
+    if cfg.eval.max_samples:
+        items = items[: cfg.eval.max_samples]
+    if not items:
+        raise UserError(f"{cfg.data.data_path}: no held-out questions to evaluate (check data.eval_ids_file)")
+    run_key = _run_key(model_ref, cfg, [it.key for it in items])
+    log = out_dir / f".{name}_predictions.partial.jsonl"
+    done = _read_log(log, run_key)
+    if done:
+        console.print(f"resuming evaluation: {len(done)} of {len(items)} questions already answered")
+    else:
+        _write_atomic(log, json.dumps({"run_key": run_key}) + "\n")
+    todo = [it for it in items if it.key not in done]
+
+    profiler = Profiler(mode, use_cuda=_on_cuda(cfg), regions=EVAL_REGIONS)
+    pending_skips: list[dict] = []
+
+    def on_skip(item, reason: str) -> None:
+        pending_skips.append({"key": item.key, "id": item.record.id, "skipped": reason})
+
+    with log.open("a", encoding="utf-8") as f, Progress(
+        TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(name, total=len(items), completed=len(items) - len(todo))
+
+        def on_batch(rows: list[dict]) -> None:
+            f.write(json.dumps({"rows": rows, "skips": pending_skips}) + "\n")
+            f.flush()
+            for row in rows + pending_skips:
+                done[row["key"]] = row
+            pending_skips.clear()
+
+        evaluate_items(
+            model, processor, todo, cfg.data, cfg.eval.batch_size, cfg.eval.max_new_tokens, profiler,
+            on_batch=on_batch, on_skip=on_skip, progress=lambda n: bar.advance(task, n),
+        )
+
+    ordered = [done[it.key] for it in items]
+    answered = [r for r in ordered if "prediction" in r]
+    skipped = [r for r in ordered if "skipped" in r]
+    per_item = [
+        {**r, **item_metrics(r["prediction"], r["reference"], r["answer_nll"], r["answer_tokens"])} for r in answered
+    ]
+    metrics = aggregate(
+        per_item,
+        types=[r["question_type"] for r in per_item],
+        preds=[r["prediction"] for r in per_item],
+        refs=[r["reference"] for r in per_item],
+    )
+    results = {
+        "mode": mode,
+        "model": model_ref,
+        "num_questions": len(items),
+        "num_answered": len(answered),
+        "skipped": [{"id": r["id"], "reason": r["skipped"]} for r in skipped],
+        "metrics": metrics,
+        "config_hash": cfg.config_hash(),
+    }
+    _write_atomic(out_dir / f"{name}_predictions.jsonl", "".join(json.dumps(r) + "\n" for r in per_item))
+    _write_atomic(out_dir / f"{name}_results.json", json.dumps(results, indent=2) + "\n")
+    log.unlink(missing_ok=True)
+    gen_seconds = sum(profiler.steps["generate"])
+    cost = profiler.report({
+        "generated_tokens": sum(profiler.tokens),
+        "generated_tokens_per_second": sum(profiler.tokens) / gen_seconds if gen_seconds else None,
+        "questions": len(items),
+        "resumed_questions": len(items) - len(todo),
+    })
+    _print_summary(name, metrics, cost)
+    return results, cost
+
+
+def _print_summary(name: str, metrics: dict, cost: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{name}: held-out metrics")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("exact_match", "token_f1", "rouge_l", "bleu4", "anls", "answer_nll", "perplexity"):
+        value = metrics.get(key)
+        table.add_row(key, "-" if value is None else f"{value:.4f}")
+    for qtype, acc in sorted((metrics.get("accuracy_by_type") or {}).items()):
+        table.add_row(f"accuracy[{qtype}]", f"{acc:.4f}")
+    batch = cost.get("batch_seconds", {})
+    if batch.get("median") is not None:
+        table.add_row("batch latency median / p95 (s)", f"{batch['median']:.3f} / {batch['p95']:.3f}")
+    console.print(table)
+
+
+def _held_out(cfg: Config):
+    from app.pipelines.data import load_data
+
+    report = load_data(cfg)
+    if not report.eval:
+        raise UserError(
+            f"{cfg.data.data_path}: no held-out records (set data.eval_ids_file or data.eval_fraction > 0)"
+        )
+    return report
+
+
+def baseline(cfg: Config) -> dict[str, Any]:
+    """M0: the base model, no training, on the held-out split."""
+    from app.quiet import quiet_third_party
+    from app.training.profiler import write_json_atomic
+
+    quiet_third_party()
+    report = _held_out(cfg)
+    model, processor = load_base(cfg)
+    out = Path(cfg.output_dir)
+    results, cost = run_evaluation(
+        cfg, model, processor, report.eval, cfg.model.name_or_path, out / "training" / "baseline", "baseline",
+        "baseline",
+    )
+    os.replace(out / "training" / "baseline" / "baseline_predictions.jsonl",
+               out / "training" / "baseline" / "predictions.jsonl")
+    write_json_atomic(out / "profiling" / "baseline_profiling.json", cost)
+    return results
+
+
+def evaluate(cfg: Config, model_ref: str) -> dict[str, Any]:
+    """Evaluate an adapter folder (MLflow references arrive with the tracking issue)."""
+    from app.quiet import quiet_third_party
+    from app.training.profiler import write_json_atomic
+
+    quiet_third_party()
+    if model_ref.startswith(("models:/", "runs:/")):
+        raise UserError(f"{model_ref}: MLflow model references are not built yet (issue #6); pass an adapter folder")
+    adapter = Path(model_ref)
+    if not adapter.is_dir():
+        raise UserError(f"{adapter}: adapter folder not found")
+    report = _held_out(cfg)
+    model, processor, meta = load_adapter(cfg, adapter)
+    out_dir = adapter.parent
+    results, cost = run_evaluation(
+        cfg, model, processor, report.eval, str(adapter), out_dir, "evaluate", meta.get("mode", "evaluate")
+    )
+    write_json_atomic(Path(cfg.output_dir) / "profiling" / "evaluate_profiling.json", cost)
+    return results
