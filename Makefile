@@ -10,6 +10,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export MLFLOW_DISABLE_TELEMETRY := true
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 SAMPLE := data/sample
+DEMO_CLIPS ?= 400
 
 .PHONY: install demo test lint clean
 
@@ -28,9 +29,12 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/ego4d-ft data sample --out $(SAMPLE) --clips 40
-	$(VENV)/bin/ego4d-ft data validate --config configs/tiny_cpu.yaml
-	@echo "next demo steps (baseline, train --mode qlora, compare) arrive with issues #4-#6"
+	@start=$$(date +%s); \
+	$(VENV)/bin/ego4d-ft data sample --out $(SAMPLE) --clips $(DEMO_CLIPS) && \
+	$(VENV)/bin/ego4d-ft baseline --config configs/tiny_cpu.yaml && \
+	$(VENV)/bin/ego4d-ft train --mode qlora --config configs/tiny_cpu.yaml && \
+	$(VENV)/bin/ego4d-ft compare --config configs/tiny_cpu.yaml && \
+	echo "demo finished in $$(( $$(date +%s) - start )) s; open results/report/report.html or run: .venv/bin/ego4d-ft ui"
 
 test: install
 	$(VENV)/bin/ruff check .

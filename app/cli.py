@@ -61,10 +61,6 @@ def _config(config: Path | None, overrides: list[str] | None, use_cpu: bool = Fa
     return cfg
 
 
-def _not_built(command: str, issue: int) -> None:
-    _fail(f"`ego4d-ft {command}` is not built yet (issue #{issue})", code=2)
-
-
 @app.command()
 def baseline(config: ConfigOpt = None, set_: SetOpt = None, deepspeed: DeepSpeedOpt = None, use_cpu: CpuOpt = False):
     """M0: evaluate the base model on the held-out split (no training)."""
@@ -111,16 +107,24 @@ def compare(
         str | None, typer.Option("--baseline", help="MLflow run id (default: latest baseline).")
     ] = None,
     candidate: Annotated[str | None, typer.Option("--candidate", help="MLflow run id (default: latest qlora).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Report folder.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Report folder (default: results/report).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ):
     """Write the M0-vs-M1 report (markdown + html) and log it to MLflow."""
-    _not_built("compare", 6)
+    from app.pipelines.compare import compare as run_compare
+
+    _run(run_compare, _config(config, set_), baseline_run=baseline_run, candidate_run=candidate, out=out)
 
 
 @app.command()
-def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000, config: ConfigOpt = None):
+def ui(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000, config: ConfigOpt = None, set_: SetOpt = None
+):
     """Open the MLflow UI on the project's tracking store."""
-    _not_built("ui", 6)
+    from app.pipelines.compare import ui as run_ui
+
+    _run(run_ui, _config(config, set_), port)
 
 
 @data_app.command("sample")

@@ -18,5 +18,5 @@ def quiet_third_party() -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    for name in ("DeepSpeed", "deepspeed", "accelerate", "peft", "bitsandbytes"):
+    for name in ("DeepSpeed", "deepspeed", "accelerate", "peft", "bitsandbytes", "mlflow"):
         logging.getLogger(name).setLevel(logging.ERROR)

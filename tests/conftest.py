@@ -11,6 +11,15 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tracking_store(tmp_path_factory) -> str:
+    """One throwaway SQLite MLflow store for the session (inherited by every CLI subprocess), so tests never
+    write into the project's own mlruns/."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    return uri
+
+
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> Path:
     from app.data.synthetic import make_sample_set
@@ -27,3 +36,17 @@ def data_overrides(sample_dir: Path) -> list[str]:
         f"data.video_folder={sample_dir / 'videos'}",
         f"data.eval_ids_file={sample_dir / 'eval_ids.txt'}",
     ]
+
+
+@pytest.fixture(scope="session")
+def sample40(tmp_path_factory) -> Path:
+    from app.data.synthetic import make_sample_set
+
+    out = tmp_path_factory.mktemp("sample40")
+    make_sample_set(out, clips=40, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")

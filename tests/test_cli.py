@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 EGO = str(Path(sys.executable).parent / "ego4d-ft")
 TINY = str(REPO / "configs" / "tiny_cpu.yaml")
@@ -36,13 +34,6 @@ def test_help_does_not_import_heavy_libraries():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
-
-
-@pytest.mark.parametrize("args", [["baseline"], ["compare"], ["ui"]])
-def test_unbuilt_command_says_so_and_exits_2(args):
-    res = run(*args)
-    assert res.returncode == 2
-    assert "not built yet" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
 def test_bad_override_is_one_line_exit_1_no_traceback():

@@ -290,19 +290,18 @@ def _pick_eval(specs: list[ClipSpec], num_eval: int, rng: random.Random) -> set[
     """Greedy held-out choice that keeps every type's eval answers as even over values as it can."""
     counts = {(t, v): 0 for t in QUESTION_TYPES for v in VALUES[t]}
 
-    def spread_after(i: int) -> tuple[int, int]:
-        c = dict(counts)
-        for t in specs[i].types:
-            c[(t, getattr(specs[i], t))] += 1
-        per_type = [max(c[(t, v)] for v in VALUES[t]) - min(c[(t, v)] for v in VALUES[t]) for t in QUESTION_TYPES]
-        # Second key favours single-question records a little less than multi-turn ones: more eval answers.
-        return sum(per_type), -len(specs[i].types)
+    def cost(i: int) -> tuple[float, int]:
+        # Growth of the sum of squared (type, value) counts per answer added: filling the emptiest cells first
+        # covers every question type and keeps each type's answers even over its values.
+        cells = [(t, getattr(specs[i], t)) for t in specs[i].types]
+        growth = sum(2 * counts[c] + 1 for c in cells)
+        return growth / len(cells), -len(cells)
 
     candidates = list(range(len(specs)))
     rng.shuffle(candidates)
     chosen: set[int] = set()
     for _ in range(num_eval):
-        best = min((i for i in candidates if i not in chosen), key=spread_after)
+        best = min((i for i in candidates if i not in chosen), key=cost)
         chosen.add(best)
         for t in specs[best].types:
             counts[(t, getattr(specs[best], t))] += 1

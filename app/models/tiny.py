@@ -50,6 +50,11 @@ TINY_SPECIAL_TOKENS = (
     "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
 )
 COMPLETE_MARKER = ".complete"
+# Bumped whenever the builder's output changes, so a cache built by an older version is rebuilt.
+BUILDER_VERSION = "2"
+# A trained LM head produces logits several nats apart; the default 0.02 init on a 64-wide hidden state gives
+# logits within ~1 nat of each other, and with the head frozen (as in LoRA) no answer could ever become likely.
+TINY_LM_HEAD_STD = 0.25
 
 
 def tiny_corpus() -> list[str]:
@@ -103,25 +108,35 @@ def train_tiny_tokenizer(vocab_size: int = 640):
 
 def _atomic_build(out_dir: Path, write: Callable[[Path], None]) -> Path:
     out_dir = Path(out_dir)
-    if (out_dir / COMPLETE_MARKER).exists():
+    if _complete(out_dir):
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         write(tmp)
-        (tmp / COMPLETE_MARKER).write_text("ok\n")
+        (tmp / COMPLETE_MARKER).write_text(BUILDER_VERSION + "\n")
         if out_dir.exists():
-            if (out_dir / COMPLETE_MARKER).exists():  # another process finished first
+            if _complete(out_dir):  # another process finished first
                 shutil.rmtree(tmp)
                 return out_dir
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if (out_dir / COMPLETE_MARKER).exists():
+        if _complete(out_dir):
             return out_dir
         raise
     return out_dir
+
+
+def _complete(out_dir: Path) -> bool:
+    marker = out_dir / COMPLETE_MARKER
+    return marker.is_file() and marker.read_text().strip() == BUILDER_VERSION
+
+
+def _trained_head_scale(model: torch.nn.Module, seed: int) -> None:
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0.0, TINY_LM_HEAD_STD, generator=torch.Generator().manual_seed(seed))
 
 
 def tiny_llava_ov15_config(tokenizer, vision_layers: int = 2, vision_width: int = 32, text_layers: int = 2,
@@ -161,6 +176,7 @@ def build_tiny_llava_ov15(out_dir: Path, seed: int = 0, min_pixels: int = 56 * 5
         config = tiny_llava_ov15_config(tokenizer)
         torch.manual_seed(seed)
         model = LlavaOV15ForConditionalGeneration(config).eval()
+        _trained_head_scale(model, seed)
         model.generation_config = GenerationConfig(
             eos_token_id=[tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id],
             pad_token_id=tokenizer.pad_token_id,
@@ -205,6 +221,7 @@ def build_tiny_llava_onevision(out_dir: Path, seed: int = 0) -> Path:
         )
         torch.manual_seed(seed)
         model = LlavaOnevisionForConditionalGeneration(config).eval()
+        _trained_head_scale(model, seed)
         model.generation_config = GenerationConfig(
             eos_token_id=[tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id],
             pad_token_id=tokenizer.pad_token_id, do_sample=False,

@@ -198,6 +198,7 @@ def run_evaluation(
 
 
 def _print_summary(name: str, metrics: dict, cost: dict) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"{name}: held-out metrics")
@@ -207,7 +208,7 @@ def _print_summary(name: str, metrics: dict, cost: dict) -> None:
         value = metrics.get(key)
         table.add_row(key, "-" if value is None else f"{value:.4f}")
     for qtype, acc in sorted((metrics.get("accuracy_by_type") or {}).items()):
-        table.add_row(f"accuracy[{qtype}]", f"{acc:.4f}")
+        table.add_row(escape(f"accuracy[{qtype}]"), f"{acc:.4f}")
     batch = cost.get("batch_seconds", {})
     if batch.get("median") is not None:
         table.add_row("batch latency median / p95 (s)", f"{batch['median']:.3f} / {batch['p95']:.3f}")
@@ -225,41 +226,70 @@ def _held_out(cfg: Config):
     return report
 
 
+def _track_evaluation(results: dict, cost: dict, files: list[Path], predictions: Path) -> None:
+    from app.tracking import log as track
+
+    track.log_summary({**track.eval_metrics(results["metrics"]), **track.cost_metrics(cost, "eval_cost/")})
+    track.log_step_figures(cost, "batch", None, "eval")
+    track.log_predictions(predictions)
+    track.log_files(*files)
+
+
 def baseline(cfg: Config) -> dict[str, Any]:
-    """M0: the base model, no training, on the held-out split."""
+    """M0: the base model, no training, on the held-out split — one MLflow run tagged `baseline`."""
+    from app.data.ego4d import fingerprint
     from app.quiet import quiet_third_party
+    from app.tracking import log as track
+    from app.tracking.run import mlflow_run
     from app.training.profiler import write_json_atomic
 
     quiet_third_party()
-    report = _held_out(cfg)
-    model, processor = load_base(cfg)
-    out = Path(cfg.output_dir)
-    results, cost = run_evaluation(
-        cfg, model, processor, report.eval, cfg.model.name_or_path, out / "training" / "baseline", "baseline",
-        "baseline",
-    )
-    os.replace(out / "training" / "baseline" / "baseline_predictions.jsonl",
-               out / "training" / "baseline" / "predictions.jsonl")
-    write_json_atomic(out / "profiling" / "baseline_profiling.json", cost)
-    return results
+    with mlflow_run(cfg, "baseline"):
+        report = _held_out(cfg)
+        track.set_tags({"dataset_fingerprint": fingerprint(report.records)})
+        model, processor = load_base(cfg)
+        out = Path(cfg.output_dir)
+        folder = out / "training" / "baseline"
+        results, cost = run_evaluation(
+            cfg, model, processor, report.eval, cfg.model.name_or_path, folder, "baseline", "baseline"
+        )
+        os.replace(folder / "baseline_predictions.jsonl", folder / "predictions.jsonl")
+        profile = write_json_atomic(out / "profiling" / "baseline_profiling.json", cost)
+        track.log_config(cfg.to_dict())
+        _track_evaluation(results, cost, [folder / "baseline_results.json", profile], folder / "predictions.jsonl")
+        return results
 
 
 def evaluate(cfg: Config, model_ref: str) -> dict[str, Any]:
-    """Evaluate an adapter folder (MLflow references arrive with the tracking issue)."""
+    """An adapter folder, `models:/NAME/VERSION`, `models:/NAME@ALIAS` or `runs:/ID/PATH` on the held-out split."""
+    from app.data.ego4d import fingerprint
     from app.quiet import quiet_third_party
+    from app.tracking import log as track
+    from app.tracking.run import mlflow_run
     from app.training.profiler import write_json_atomic
 
     quiet_third_party()
     if model_ref.startswith(("models:/", "runs:/")):
-        raise UserError(f"{model_ref}: MLflow model references are not built yet (issue #6); pass an adapter folder")
-    adapter = Path(model_ref)
-    if not adapter.is_dir():
-        raise UserError(f"{adapter}: adapter folder not found")
-    report = _held_out(cfg)
-    model, processor, meta = load_adapter(cfg, adapter)
-    out_dir = adapter.parent
-    results, cost = run_evaluation(
-        cfg, model, processor, report.eval, str(adapter), out_dir, "evaluate", meta.get("mode", "evaluate")
-    )
-    write_json_atomic(Path(cfg.output_dir) / "profiling" / "evaluate_profiling.json", cost)
-    return results
+        from app.tracking.registry import resolve_model_ref
+
+        adapter = resolve_model_ref(model_ref, cfg)
+        out_dir = Path(cfg.output_dir) / "evaluate" / model_ref.split(":/", 1)[1].replace("/", "_").replace("@", "_")
+    else:
+        adapter = Path(model_ref)
+        if not adapter.is_dir():
+            raise UserError(f"{adapter}: adapter folder not found")
+        out_dir = adapter.parent
+    with mlflow_run(cfg, "evaluate", tags={"model_ref": model_ref}):
+        report = _held_out(cfg)
+        track.set_tags({"dataset_fingerprint": fingerprint(report.records)})
+        model, processor, meta = load_adapter(cfg, adapter)
+        results, cost = run_evaluation(
+            cfg, model, processor, report.eval, model_ref, out_dir, "evaluate", meta.get("mode", "evaluate")
+        )
+        profile = Path(cfg.output_dir) / "profiling" / "evaluate_profiling.json"
+        write_json_atomic(profile, cost)
+        track.log_config(cfg.to_dict())
+        _track_evaluation(results, cost, [out_dir / "evaluate_results.json", profile],
+                          out_dir / "evaluate_predictions.jsonl")
+        console.print(f"results: {out_dir / 'evaluate_results.json'}", highlight=False)
+        return results

@@ -199,10 +199,14 @@ def _evaluate_adapter(cfg: Config, final_dir: Path, records, mode: str, run_dir:
 
     import torch
 
+    # The Trainer left ZeRO-3 switched on process-wide: from_pretrained would shard the evaluation copy too.
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
     from app.pipelines.evaluate import load_adapter, run_evaluation
 
-    gc.collect()
-    if torch.cuda.is_available():
+    unset_hf_deepspeed_config()
+    if torch.cuda.is_available():  # free the training copy before the evaluation copy loads (slow on CPU)
+        gc.collect()
         torch.cuda.empty_cache()
     if not records:
         console.print("[yellow]no held-out records: the adapter was not evaluated[/]")
@@ -214,16 +218,27 @@ def _evaluate_adapter(cfg: Config, final_dir: Path, records, mode: str, run_dir:
 
 # --- the recipe ------------------------------------------------------------------------------------------------------
 def train(cfg: Config, mode: str = "qlora", deepspeed: Path | None = None, resume: bool = False) -> dict[str, Any]:
+    """One MLflow run around the whole recipe: it ends FINISHED, FAILED, or KILLED (Ctrl-C / SIGTERM)."""
+    from app.quiet import quiet_third_party
+    from app.tracking.run import mlflow_run
+
+    quiet_third_party()
+    if mode not in MODES:
+        raise UserError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
+    with mlflow_run(cfg, mode, tags={"deepspeed": str(deepspeed) if deepspeed else "none"}):
+        return _train(cfg, mode, deepspeed, resume)
+
+
+def _train(cfg: Config, mode: str, deepspeed: Path | None, resume: bool) -> dict[str, Any]:
     from transformers import PrinterCallback
 
     from app.data.collate import TrainCollator, VideoQADataset, filter_too_long
     from app.data.ego4d import fingerprint
     from app.pipelines.data import load_data, print_report
-    from app.quiet import quiet_third_party
+    from app.tracking import log as track
     from app.training.hooks import ProfiledTrainer, ProfilerCallback, RichProgressCallback, device_summary
     from app.training.profiler import Profiler, write_json_atomic
 
-    quiet_third_party()
     started = time.perf_counter()
     ds = read_deepspeed(deepspeed)
     check_combination(cfg, mode, ds, deepspeed)
@@ -237,6 +252,7 @@ def train(cfg: Config, mode: str = "qlora", deepspeed: Path | None = None, resum
     # 1. data
     report = load_data(cfg)
     print_report(report, title=str(cfg.data.data_path))
+    track.set_tags({"dataset_fingerprint": fingerprint(report.records), "skipped": sum(report.skipped.values())})
     if not report.train:
         raise UserError(f"{cfg.data.data_path}: no usable training records (see the table above)")
 
@@ -263,7 +279,7 @@ def train(cfg: Config, mode: str = "qlora", deepspeed: Path | None = None, resum
         profiler=profiler,
     )
     trainer.remove_callback(PrinterCallback)  # the rich bar shows loss; no raw dicts on stdout
-    trainer.add_callback(ProfilerCallback(trainer))
+    trainer.add_callback(ProfilerCallback(trainer, on_step=track.log_step))
     trainer.add_callback(RichProgressCallback(trainer, console))
 
     # 5. train, or continue from the newest complete checkpoint
@@ -312,11 +328,28 @@ def train(cfg: Config, mode: str = "qlora", deepspeed: Path | None = None, resum
         f"trained {trainer.state.global_step} steps in {train_seconds:.1f} s; "
         "loss by epoch: " + ", ".join(f"{e['mean_loss']:.3f}" for e in epochs)
     )
+    losses = [(s, v) for s, _, v in trainer.step_losses]
+    track.log_summary(track.cost_metrics(prof, "train_cost/"))
+    track.log_step_figures(prof, "step", losses, "train")
+
     # 7. the adapter on the held-out split, loaded back from disk exactly as `evaluate --model` would
     del trainer, model
     results["eval"], eval_cost = _evaluate_adapter(cfg, final_dir, report.eval, mode, run_dir)
     results["eval_cost"] = {k: eval_cost.get(k) for k in ("total_wall_seconds", "generated_tokens_per_second",
                                                           "samples_per_second", "batch_seconds")}
     write_json_atomic(run_dir / "training_results.json", results)
+    if results["eval"]:
+        write_json_atomic(out / "profiling" / f"{mode}_eval_profiling.json", eval_cost)
+        track.log_summary({**track.eval_metrics(results["eval"]), **track.cost_metrics(eval_cost, "eval_cost/")})
+        track.log_step_figures(eval_cost, "batch", None, "eval")
+        track.log_predictions(run_dir / "eval_predictions.jsonl")
+    track.log_config(cfg.to_dict())
+    track.log_files(run_dir / "training_results.json", out / "profiling" / f"{mode}_profiling.json",
+                    out / "profiling" / f"{mode}_eval_profiling.json", run_dir / "eval_results.json")
+    results["registered_model"] = track.register(final_dir, cfg, mode)
+    if results["registered_model"]:
+        reg = results["registered_model"]
+        console.print(f"registered {reg['name']} version {reg['version']} (alias {reg['alias']})")
+        write_json_atomic(run_dir / "training_results.json", results)
     console.print(f"adapter: {final_dir}", highlight=False)
     return results

@@ -18,20 +18,6 @@ EGO = str(Path(sys.executable).parent / "ego4d-ft")
 METRICS = ("exact_match", "token_f1", "rouge_l", "bleu4", "anls", "answer_nll", "perplexity")
 
 
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory) -> Path:
-    from app.data.synthetic import make_sample_set
-
-    out = tmp_path_factory.mktemp("evalsample")
-    make_sample_set(out, clips=40, seed=1, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("models")
-
-
 def _sets(sample: Path, cache: Path, out: Path, *extra: str) -> list[str]:
     sets = [
         f"data.data_path={sample / 'Ego4D.json'}", f"data.video_folder={sample / 'videos'}",
@@ -45,8 +31,8 @@ def ego(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([EGO, *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
 
 
-def test_baseline_writes_results_profiling_and_predictions(sample, cache, tmp_path):
-    res = ego("baseline", "--config", str(TINY), "--use-cpu", *_sets(sample, cache, tmp_path))
+def test_baseline_writes_results_profiling_and_predictions(sample40, model_cache, tmp_path):
+    res = ego("baseline", "--config", str(TINY), "--use-cpu", *_sets(sample40, model_cache, tmp_path))
     assert res.returncode == 0, res.stderr[-2000:]
     results = json.loads((tmp_path / "training" / "baseline" / "baseline_results.json").read_text())
     m = results["metrics"]
@@ -65,7 +51,7 @@ def test_baseline_writes_results_profiling_and_predictions(sample, cache, tmp_pa
     assert not list((tmp_path / "training" / "baseline").glob(".*partial*"))
 
 
-def test_batched_and_one_by_one_generation_agree(sample, cache):
+def test_batched_and_one_by_one_generation_agree(sample40, model_cache):
     """Left padding + attention mask: a question gets the same greedy answer alone or in a batch of 8."""
     from app.config import load_config
     from app.data.ego4d import load_records
@@ -74,9 +60,9 @@ def test_batched_and_one_by_one_generation_agree(sample, cache):
     from app.models.tiny import build_tiny_llava_ov15
     from app.training.profiler import Profiler
 
-    cfg = load_config(TINY, [f"data.data_path={sample / 'Ego4D.json'}", f"data.video_folder={sample / 'videos'}",
+    cfg = load_config(TINY, [f"data.data_path={sample40 / 'Ego4D.json'}", f"data.video_folder={sample40 / 'videos'}",
                              "data.eval_ids_file=null", "data.eval_fraction=0.5"])
-    model, processor = load_model_and_processor(str(build_tiny_llava_ov15(cache / "tiny-llava-ov15")),
+    model, processor = load_model_and_processor(str(build_tiny_llava_ov15(model_cache / "tiny-llava-ov15")),
                                                 min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
     items = eval_items(load_records(cfg.data).eval)
     assert len(items) >= 16
@@ -93,15 +79,15 @@ def test_batched_and_one_by_one_generation_agree(sample, cache):
 
 
 @pytest.mark.slow
-def test_interrupted_evaluation_resumes_to_the_same_results_file(sample, cache, tmp_path):
+def test_interrupted_evaluation_resumes_to_the_same_results_file(sample40, model_cache, tmp_path):
     extra = ("data.eval_ids_file=null", "data.eval_fraction=0.9", "eval.batch_size=2", "eval.max_new_tokens=24")
     whole = tmp_path / "whole"
-    res = ego("baseline", "--config", str(TINY), "--use-cpu", *_sets(sample, cache, whole, *extra))
+    res = ego("baseline", "--config", str(TINY), "--use-cpu", *_sets(sample40, model_cache, whole, *extra))
     assert res.returncode == 0, res.stderr[-2000:]
 
     cut = tmp_path / "cut"
     log = cut / "training" / "baseline" / ".baseline_predictions.partial.jsonl"
-    cmd = [EGO, "baseline", "--config", str(TINY), "--use-cpu", *_sets(sample, cache, cut, *extra)]
+    cmd = [EGO, "baseline", "--config", str(TINY), "--use-cpu", *_sets(sample40, model_cache, cut, *extra)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -114,7 +100,7 @@ def test_interrupted_evaluation_resumes_to_the_same_results_file(sample, cache, 
     assert not results.exists(), "evaluation finished before it could be interrupted"
     assert log.is_file()
 
-    res = ego("baseline", "--config", str(TINY), "--use-cpu", *_sets(sample, cache, cut, *extra))
+    res = ego("baseline", "--config", str(TINY), "--use-cpu", *_sets(sample40, model_cache, cut, *extra))
     assert res.returncode == 0, res.stderr[-2000:]
     assert "resuming evaluation" in res.stdout
     assert results.read_bytes() == (whole / "training" / "baseline" / "baseline_results.json").read_bytes()
@@ -122,15 +108,15 @@ def test_interrupted_evaluation_resumes_to_the_same_results_file(sample, cache, 
 
 
 @pytest.mark.slow
-def test_evaluate_a_trained_adapter(sample, cache, tmp_path):
+def test_evaluate_a_trained_adapter(sample40, model_cache, tmp_path):
     res = ego("train", "--mode", "qlora", "--config", str(TINY), "--use-cpu",
-              *_sets(sample, cache, tmp_path, "training.num_epochs=1"))
+              *_sets(sample40, model_cache, tmp_path, "training.num_epochs=1"))
     assert res.returncode == 0, res.stderr[-2000:]
     trained = json.loads((tmp_path / "training" / "qlora" / "training_results.json").read_text())
     assert trained["eval"]["num_items"] > 0 and "exact_match" in trained["eval"]
     adapter = tmp_path / "training" / "qlora" / "final_model"
     res = ego("evaluate", "--model", str(adapter), "--config", str(TINY), "--use-cpu",
-              *_sets(sample, cache, tmp_path))
+              *_sets(sample40, model_cache, tmp_path))
     assert res.returncode == 0, res.stderr[-2000:]
     results = json.loads((tmp_path / "training" / "qlora" / "evaluate_results.json").read_text())
     assert results["mode"] == "qlora" and results["model"] == str(adapter)

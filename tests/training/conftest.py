@@ -7,20 +7,6 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(scope="session")
-def sample40(tmp_path_factory) -> Path:
-    from app.data.synthetic import make_sample_set
-
-    out = tmp_path_factory.mktemp("sample40")
-    make_sample_set(out, clips=40, seed=0, progress=False)
-    return out
-
-
-@pytest.fixture(scope="session")
-def model_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("models")
-
-
 @pytest.fixture
 def train_sets(sample40: Path, model_cache: Path, tmp_path: Path) -> list[str]:
     """--set overrides pointing a tiny run at the sample set, a shared model cache and a fresh output dir."""

@@ -1,0 +1,145 @@
+"""What a run records: per-step metrics, summary metrics under shared keys, artifacts and figures.
+
+Baseline and fine-tuned runs log evaluation under `eval/...` and evaluation cost under `eval_cost/...`, so
+selecting both runs in the MLflow UI's compare view lines them up key by key. Training adds `train/...`
+(per step: loss, learning rate, region times, tokens/s) and `train_cost/...` (profiler summary).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+STAT_KEYS = ("mean", "median", "p95", "min", "max")
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def log_step(step: int, figures: dict[str, Any], prefix: str = "train/") -> None:
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return
+    metrics = {f"{prefix}{k}": float(v) for k, v in figures.items() if _finite(v)}
+    # Asynchronous: a SQLite write per step must not show up in the step time the profiler measures.
+    mlflow.log_metrics(metrics, step=step, synchronous=False)
+
+
+def cost_metrics(profile: dict[str, Any], prefix: str) -> dict[str, float]:
+    """Profiler JSON → flat metrics: totals, throughput, memory, and the stats of every timed region."""
+    out: dict[str, float] = {}
+    for key in ("total_wall_seconds", "tokens_per_second", "samples_per_second", "peak_gpu_memory_bytes",
+                "peak_host_rss_bytes", "generated_tokens_per_second", "num_steps"):
+        if _finite(profile.get(key)):
+            out[f"{prefix}{key}"] = float(profile[key])
+    for key, value in profile.items():
+        if key.endswith("_seconds") and isinstance(value, dict):
+            for stat in STAT_KEYS:
+                if _finite(value.get(stat)):
+                    out[f"{prefix}{key}/{stat}"] = float(value[stat])
+    for i, seconds in enumerate(profile.get("epoch_wall_seconds") or []):
+        out[f"{prefix}epoch_wall_seconds/{i + 1}"] = float(seconds)
+    return out
+
+
+def eval_metrics(metrics: dict[str, Any], prefix: str = "eval/") -> dict[str, float]:
+    out = {f"{prefix}{k}": float(v) for k, v in metrics.items() if _finite(v)}
+    for qtype, acc in (metrics.get("accuracy_by_type") or {}).items():
+        if _finite(acc):
+            out[f"{prefix}accuracy/{qtype}"] = float(acc)
+    return out
+
+
+def log_summary(metrics: dict[str, float]) -> None:
+    import mlflow
+
+    if mlflow.active_run() is not None and metrics:
+        mlflow.log_metrics(metrics)
+
+
+def log_files(*paths: Path, folder: str | None = None) -> None:
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return
+    for path in paths:
+        if path and Path(path).is_file():
+            mlflow.log_artifact(str(path), artifact_path=folder)
+
+
+def log_config(config: dict[str, Any]) -> None:
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_dict(config, "config.yaml")
+
+
+def log_predictions(predictions_jsonl: Path, artifact_file: str = "predictions.json") -> None:
+    import mlflow
+
+    if mlflow.active_run() is None or not predictions_jsonl.is_file():
+        return
+    rows = [json.loads(line) for line in predictions_jsonl.read_text(encoding="utf-8").splitlines() if line]
+    if not rows:
+        return
+    columns = sorted({k for r in rows for k in r})
+    mlflow.log_table(data={c: [r.get(c) for r in rows] for c in columns}, artifact_file=artifact_file)
+
+
+def log_step_figures(profile: dict[str, Any], step_region: str, losses: list[tuple[int, float]] | None,
+                     prefix: str) -> None:
+    """MLflow has no histogram type: a histogram figure, plus the raw per-step table beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return
+    steps = (profile.get("raw") or {}).get("steps") or {}
+    if steps.get(step_region):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.hist(steps[step_region], bins=min(40, max(5, len(steps[step_region]) // 2)), color="#4c72b0")
+        ax.set_xlabel(f"{step_region} time (s)")
+        ax.set_ylabel("count")
+        ax.set_title(f"{prefix.rstrip('/')}: {step_region} time per step ({len(steps[step_region])} steps)")
+        fig.tight_layout()
+        mlflow.log_figure(fig, f"figures/{prefix.rstrip('/')}_{step_region}_time_histogram.png")
+        plt.close(fig)
+        table = {"step": list(range(1, len(steps[step_region]) + 1))}
+        table.update({f"{name}_seconds": values for name, values in steps.items()
+                      if len(values) == len(steps[step_region])})
+        mlflow.log_table(data=table, artifact_file=f"tables/{prefix.rstrip('/')}_step_times.json")
+    if losses:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([s for s, _ in losses], [v for _, v in losses], color="#dd8452")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("training loss")
+        ax.set_title("loss curve")
+        fig.tight_layout()
+        mlflow.log_figure(fig, "figures/loss_curve.png")
+        plt.close(fig)
+
+
+def set_tags(tags: dict[str, Any]) -> None:
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def register(adapter_dir: Path, cfg, mode: str) -> dict[str, Any] | None:
+    """Register the adapter (qlora under `tracking.registered_model`, lora under the same name + `-lora`)."""
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return None
+    from app.tracking.registry import register_adapter
+
+    name = cfg.tracking.registered_model if mode == "qlora" else f"{cfg.tracking.registered_model}-lora"
+    return register_adapter(adapter_dir, name)

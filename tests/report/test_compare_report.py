@@ -1,0 +1,187 @@
+"""M0-vs-M1 report: rendering only, no MLflow, no model. Runs in a few seconds."""
+
+from __future__ import annotations
+
+import base64
+import io
+import random
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from app.report.compare import RunSummary, comparison_rows, print_table, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+GIB = 1024**3
+
+
+def _region(values: list[float]) -> dict[str, float | int]:
+    ordered = sorted(values)
+    return {"mean": sum(values) / len(values), "median": ordered[len(ordered) // 2],
+            "p95": ordered[int(0.95 * (len(ordered) - 1))], "min": ordered[0], "max": ordered[-1],
+            "count": len(values)}
+
+
+def _eval_profile(rng: random.Random, batches: int, batch_s: float, gpu: bool) -> dict:
+    batch = [rng.gauss(batch_s, batch_s * 0.1) for _ in range(batches)]
+    return {
+        "timer": "cuda_event" if gpu else "perf_counter", "device": "NVIDIA H100 80GB HBM3" if gpu else "cpu",
+        "total_wall_seconds": sum(batch) + 4.2, "epoch_wall_seconds": [], "num_steps": batches,
+        "tokens_per_second": 1850.5, "samples_per_second": 3.4,
+        "peak_gpu_memory_bytes": int(21.3 * GIB) if gpu else None, "peak_host_rss_bytes": int(6.1 * GIB),
+        "batch_seconds": _region(batch), "generate_seconds": _region([b * 0.8 for b in batch]),
+        "score_seconds": _region([b * 0.15 for b in batch]), "data_wait_seconds": _region([0.01] * batches),
+        "raw": {"steps": {"batch": batch, "generate": [b * 0.8 for b in batch]},
+                "tokens": [1500] * batches, "samples": [4] * batches},
+    }
+
+
+def _train_profile(rng: random.Random, steps: int) -> dict:
+    step = [rng.gauss(0.62, 0.05) for _ in range(steps)]
+    return {
+        "timer": "cuda_event", "device": "NVIDIA H100 80GB HBM3", "total_wall_seconds": sum(step) + 30.0,
+        "epoch_wall_seconds": [sum(step) / 2, sum(step) / 2], "num_steps": steps,
+        "tokens_per_second": 9120.0, "samples_per_second": 12.9,
+        "peak_gpu_memory_bytes": int(34.7 * GIB), "peak_host_rss_bytes": int(9.4 * GIB),
+        "step_seconds": _region(step), "forward_seconds": _region([s * 0.35 for s in step]),
+        "backward_seconds": _region([s * 0.55 for s in step]), "optimizer_seconds": _region([0.03] * steps),
+        "data_wait_seconds": _region([0.004] * steps),
+        "raw": {"steps": {"step": step, "forward": [s * 0.35 for s in step]},
+                "tokens": [5600] * steps, "samples": [8] * steps},
+    }
+
+
+@pytest.fixture
+def runs() -> tuple[RunSummary, RunSummary]:
+    rng = random.Random(0)
+    tags = {"config_hash": "cfg-3a9f", "dataset_fingerprint": "ds-77e1c0", "model_name": "llava-ov-1.5-4b"}
+    base_cost = _eval_profile(rng, 60, 0.9, gpu=True)
+    m0 = RunSummary(
+        run_id="0a1b2c3d4e", run_name="m0-baseline", mode="baseline",
+        metrics={"exact_match": 0.41, "token_f1": 0.55, "rouge_l": 0.52, "bleu4": 0.18, "anls": 0.58,
+                 "answer_nll": 2.31, "perplexity": 10.07},
+        accuracy_by_type={"color": 0.62, "direction": 0.35, "shape": 0.48},
+        cost=base_cost, eval_cost=base_cost, params={"model.name": "llava-ov-1.5-4b"},
+        url="http://127.0.0.1:5000/#/experiments/1/runs/0a1b2c3d4e",
+        tags={**tags, "mode": "baseline", "git_commit": "1111111"},
+    )
+    m1 = RunSummary(
+        run_id="9f8e7d6c5b", run_name="m1-qlora", mode="qlora",
+        metrics={"exact_match": 0.83, "token_f1": 0.88, "rouge_l": 0.87, "bleu4": 0.51, "anls": 0.89,
+                 "answer_nll": 0.42, "perplexity": 1.52},
+        accuracy_by_type={"color": 0.95, "direction": 0.90, "shape": 0.92},
+        cost=_train_profile(rng, 120), eval_cost=_eval_profile(rng, 60, 0.7, gpu=True),
+        params={"train.lr": "2e-4", "lora.r": "16"}, url="http://127.0.0.1:5000/#/experiments/1/runs/9f8e7d6c5b",
+        tags={**tags, "mode": "qlora", "git_commit": "2222222"},
+    )
+    return m0, m1
+
+
+def _data_images(page: str) -> list[bytes]:
+    return [base64.b64decode(b64) for b64 in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+
+
+def test_write_report_renders_self_contained_html_and_markdown(runs, tmp_path: Path) -> None:
+    m0, m1 = runs
+    md_path, html_path = write_report(m0, m1, tmp_path, loss_curve=[(i, 2.0 / (1 + 0.05 * i)) for i in range(1, 121)])
+    assert md_path == tmp_path / "report.md" and html_path == tmp_path / "report.html"
+    md, page = md_path.read_text(), html_path.read_text()
+
+    images = _data_images(page)
+    assert len(images) >= 3
+    for png in images:
+        assert png.startswith(PNG_SIGNATURE)
+        with Image.open(io.BytesIO(png)) as img:
+            img.verify()  # raises on a truncated or corrupt PNG
+    # Nothing is loaded from elsewhere: no external src, no stylesheet link, no CSS url(); <a href> is a link.
+    assert not re.search(r'src\s*=\s*["\']?\s*(https?:)?//', page, re.I)
+    assert "<link" not in page.lower() and "url(" not in page and "<script" not in page.lower()
+    assert 'href="http://127.0.0.1:5000/#/experiments/1/runs/9f8e7d6c5b"' in page
+
+    # The markdown links PNG files next to it instead of inlining them.
+    assert "base64" not in md
+    linked = re.findall(r"\]\((plots/[\w.]+\.png)\)", md)
+    assert len(linked) == len(images) >= 3
+    assert all((tmp_path / p).read_bytes().startswith(PNG_SIGNATURE) for p in linked)
+
+    for text in (md, page):
+        for qtype, m0_acc, m1_acc, delta in (("color", "0.6200", "0.9500", "+0.3300"),
+                                             ("direction", "0.3500", "0.9000", "+0.5500"),
+                                             ("shape", "0.4800", "0.9200", "+0.4400")):
+            assert f"accuracy[{qtype}]" in text
+            assert m0_acc in text and m1_acc in text and delta in text
+        assert "-8.5500" in text  # perplexity delta
+        assert "34.70" in text and "21.30" in text  # peak GPU memory in GiB
+        assert "cuda_event" in text
+        assert "not like for like" not in text  # same dataset fingerprint: no warning
+    assert not list(tmp_path.rglob(".*"))  # no temp files left behind by the atomic writes
+    assert html_path.stat().st_mode & 0o044  # readable by others, unlike mkstemp's default 0600
+
+
+def test_comparison_rows_direction_of_better(runs) -> None:
+    m0, m1 = runs
+    rows = {r["metric"]: r for r in comparison_rows(m0, m1)}
+    assert rows["perplexity"]["better"] == "M1"  # lower perplexity wins
+    assert rows["answer_nll"]["better"] == "M1"
+    assert rows["perplexity"]["delta"] == pytest.approx(1.52 - 10.07)
+    assert rows["exact_match"]["better"] == "M1"
+    assert rows["accuracy[direction]"]["delta"] == pytest.approx(0.55)
+    assert [r for r in rows if r.startswith("accuracy[")] == [f"accuracy[{t}]" for t in ("color", "direction", "shape")]
+
+    m1.metrics["perplexity"] = 12.0  # now worse than M0
+    m1.metrics["anls"] = m0.metrics["anls"]
+    rows = {r["metric"]: r for r in comparison_rows(m0, m1)}
+    assert rows["perplexity"]["better"] == "M0"
+    assert rows["anls"]["better"] == "="
+
+
+def test_missing_cost_fields_render_na(runs, tmp_path: Path) -> None:
+    m0, m1 = runs
+    write_report(m0, m1, tmp_path)  # a full report first: its step-time plot must not survive the rewrite
+    assert (tmp_path / "plots" / "step_times.png").exists()
+    # A CPU run whose profile lost most of its fields, and a candidate evaluated without a profile at all.
+    m0.cost = m0.eval_cost = {"device": "cpu", "peak_gpu_memory_bytes": None, "tokens_per_second": None}
+    m1.cost, m1.eval_cost = {}, None
+    del m1.metrics["bleu4"]
+    md_path, html_path = write_report(m0, m1, tmp_path)
+    for text in (md_path.read_text(), html_path.read_text()):
+        assert "n/a (CPU)" in text
+        assert "n/a" in text
+    rows = {r["metric"]: r for r in comparison_rows(m0, m1)}
+    assert rows["bleu4"]["m1"] is None and rows["bleu4"]["delta"] is None
+    # No step timings anywhere: the histogram is left out, the bar charts still render.
+    assert len(_data_images(html_path.read_text())) == 2
+    assert not (tmp_path / "plots" / "step_times.png").exists()
+
+
+def test_differing_dataset_fingerprints_warn(runs, tmp_path: Path) -> None:
+    m0, m1 = runs
+    m1.tags["dataset_fingerprint"] = "ds-different"
+    md_path, html_path = write_report(m0, m1, tmp_path)
+    for text in (md_path.read_text(), html_path.read_text()):
+        assert "not like for like" in text
+        assert "ds-77e1c0" in text and "ds-different" in text
+
+
+def test_run_name_is_escaped(runs, tmp_path: Path) -> None:
+    m0, m1 = runs
+    m1.run_name = '<script>alert("x")</script>'
+    m1.url = "javascript:alert(1)"  # not a web link: must not become a clickable href
+    md_path, html_path = write_report(m0, m1, tmp_path, title="M0 & <M1>")
+    page = html_path.read_text()
+    assert "<script" not in page.lower()
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+    assert "<title>M0 &amp; &lt;M1&gt;</title>" in page
+    assert "javascript:" not in page
+    assert "<script" not in md_path.read_text().lower()
+
+
+def test_print_table(runs) -> None:
+    from rich.console import Console
+
+    console = Console(record=True, width=120)
+    print_table(comparison_rows(*runs), console=console)
+    out = console.export_text()
+    assert "perplexity" in out and "accuracy[shape]" in out and "-8.5500" in out and "M1" in out
