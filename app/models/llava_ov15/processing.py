@@ -155,10 +155,19 @@ class LlavaOV15ImageProcessor:
         return np.ascontiguousarray(x.reshape(t * gh * gw, c * p * p)), (t, gh, gw)
 
     def preprocess_video(self, video: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
-        video = np.asarray(video)
-        if video.ndim != 4:
-            raise ValueError(f"a video must be (N,C,H,W) uint8, got shape {video.shape}")
-        return self._patchify(np.stack([self._frame(f) for f in video]))
+        # Evaluation encodes each clip twice (prompt, then teacher-forced answer): reuse the pixels of the
+        # very same array object. The cache holds the array itself, so an id can never be reused under it.
+        cache = self.__dict__.setdefault("_recent", [])
+        for arr, settings, result in cache:
+            if arr is video and settings == (self.min_pixels, self.max_pixels):
+                return result
+        array = np.asarray(video)
+        if array.ndim != 4:
+            raise ValueError(f"a video must be (N,C,H,W) uint8, got shape {array.shape}")
+        result = self._patchify(np.stack([self._frame(f) for f in array]))
+        cache.append((video, (self.min_pixels, self.max_pixels), result))
+        del cache[:-16]
+        return result
 
     def preprocess_image(self, image: np.ndarray | Image.Image) -> tuple[np.ndarray, tuple[int, int, int]]:
         return self._patchify(self._frame(image)[None])
