@@ -16,4 +16,5 @@ def train_sets(sample40: Path, model_cache: Path, tmp_path: Path) -> list[str]:
         f"data.eval_ids_file={sample40 / 'eval_ids.txt'}",
         f"model.cache_dir={model_cache}",
         f"output_dir={tmp_path / 'results'}",
+        "training.per_device_batch_size=4",
     ]
