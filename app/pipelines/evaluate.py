@@ -8,6 +8,9 @@ forced scoring → metrics → files. Files (under output_dir):
 Resumable: predictions are appended per batch to a hidden log; a rerun with the same model, config and data
 continues after the last complete batch and writes the same results file as an uninterrupted run. Results
 files hold no timings (those are in the profiling JSON), so they are reproducible byte for byte.
+Under torchrun the questions are sharded round robin over the ranks; each rank answers its share (with its
+own resumable log) and rank 0 gathers the rows, puts them back in question order and writes every file.
+Per-question answers do not depend on batch composition, so the metrics equal a one-process run's.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from app.config import Config
 from app.errors import UserError
+from app.training import distributed
 
 console = Console()
 ADAPTER_META = "ego4d_ft.json"  # written next to each adapter: how it was trained
@@ -50,7 +54,7 @@ def load_base(cfg: Config, mode: str = "baseline", path: str | None = None):
         torch_dtype=cfg.model.torch_dtype if on_cuda else "float32",
         attn_implementation=attn,
         compute_dtype=cfg.quantization.compute_dtype,
-        device_map={"": 0} if on_cuda else None,
+        device_map={"": distributed.local_rank()} if on_cuda else None,
         trust_remote_code=cfg.model.trust_remote_code,
         min_pixels=cfg.data.min_pixels,
         max_pixels=cfg.data.max_pixels,
@@ -118,10 +122,12 @@ def _write_atomic(path: Path, text: str) -> None:
 # --- evaluation ------------------------------------------------------------------------------------------------------
 def run_evaluation(
     cfg: Config, model, processor, records, model_ref: str, out_dir: Path, name: str, mode: str
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Evaluate `records` (held-out) and write `{name}_results.json` + `{name}_predictions.jsonl` in out_dir."""
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Evaluate `records` (held-out) and write `{name}_results.json` + `{name}_predictions.jsonl` in out_dir.
+
+    A collective under torchrun: every rank calls it; results are None off rank 0, the cost is global on all.
+    """
     from app.evaluation.generate import EVAL_REGIONS, eval_items, evaluate_items
-    from app.evaluation.metrics import aggregate, item_metrics
     from app.training.profiler import Profiler
 
     items = eval_items(records)
@@ -129,14 +135,18 @@ def run_evaluation(
         items = items[: cfg.eval.max_samples]
     if not items:
         raise UserError(f"{cfg.data.data_path}: no held-out questions to evaluate (check data.eval_ids_file)")
-    run_key = _run_key(model_ref, cfg, [it.key for it in items])
-    log = out_dir / f".{name}_predictions.partial.jsonl"
+    mine = distributed.shard(items)
+    world = distributed.world_size()
+    run_key = _run_key(model_ref, cfg, [it.key for it in mine])
+    # One log per rank: ranks append concurrently, and a rerun at the same world size resumes every shard.
+    log = out_dir / (f".{name}_predictions.rank{distributed.rank()}of{world}.partial.jsonl" if world > 1
+                     else f".{name}_predictions.partial.jsonl")
     done = _read_log(log, run_key)
     if done:
-        console.print(f"resuming evaluation: {len(done)} of {len(items)} questions already answered")
+        console.print(f"resuming evaluation: {len(done)} of {len(mine)} questions already answered")
     else:
         _write_atomic(log, json.dumps({"run_key": run_key}) + "\n")
-    todo = [it for it in items if it.key not in done]
+    todo = [it for it in mine if it.key not in done]
 
     profiler = Profiler(mode, use_cuda=_on_cuda(cfg), regions=EVAL_REGIONS)
     pending_skips: list[dict] = []
@@ -146,9 +156,9 @@ def run_evaluation(
 
     with log.open("a", encoding="utf-8") as f, Progress(
         TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
-        transient=True,
+        transient=True, disable=not distributed.is_main(),
     ) as bar:
-        task = bar.add_task(name, total=len(items), completed=len(items) - len(todo))
+        task = bar.add_task(name, total=len(mine), completed=len(mine) - len(todo))
 
         def on_batch(rows: list[dict]) -> None:
             f.write(json.dumps({"rows": rows, "skips": pending_skips}) + "\n")
@@ -162,7 +172,33 @@ def run_evaluation(
             on_batch=on_batch, on_skip=on_skip, progress=lambda n: bar.advance(task, n),
         )
 
-    ordered = [done[it.key] for it in items]
+    # Every rank's rows (and how many it resumed) to every rank; rank 0 alone turns them into files.
+    shares = distributed.all_gather_objects({"rows": [done[it.key] for it in mine], "resumed": len(mine) - len(todo)})
+    cost = profiler.report({
+        "questions": len(items),
+        "resumed_questions": sum(s["resumed"] for s in shares),
+    })
+    # Ranks generate in parallel: the global rate is every rank's tokens over the slowest rank's generate time.
+    gen_seconds = max(r["region_seconds"]["generate"] for r in cost["per_rank"])
+    cost["generated_tokens"] = cost["num_tokens"]
+    cost["generated_tokens_per_second"] = cost["num_tokens"] / gen_seconds if gen_seconds else None
+    results = None
+    if distributed.is_main():
+        by_key = {row["key"]: row for share in shares for row in share["rows"]}
+        results = _write_results(cfg, items, by_key, model_ref, out_dir, name, mode)
+        _print_summary(name, results["metrics"], cost)
+    # The logs go only once the results exist: a rank 0 that dies while writing leaves every shard resumable.
+    distributed.barrier()
+    log.unlink(missing_ok=True)
+    return results, cost
+
+
+def _write_results(
+    cfg: Config, items, by_key: dict[str, dict], model_ref: str, out_dir: Path, name: str, mode: str
+) -> dict[str, Any]:
+    from app.evaluation.metrics import aggregate, item_metrics
+
+    ordered = [by_key[it.key] for it in items]
     answered = [r for r in ordered if "prediction" in r]
     skipped = [r for r in ordered if "skipped" in r]
     per_item = [
@@ -185,16 +221,7 @@ def run_evaluation(
     }
     _write_atomic(out_dir / f"{name}_predictions.jsonl", "".join(json.dumps(r) + "\n" for r in per_item))
     _write_atomic(out_dir / f"{name}_results.json", json.dumps(results, indent=2) + "\n")
-    log.unlink(missing_ok=True)
-    gen_seconds = sum(profiler.steps["generate"])
-    cost = profiler.report({
-        "generated_tokens": sum(profiler.tokens),
-        "generated_tokens_per_second": sum(profiler.tokens) / gen_seconds if gen_seconds else None,
-        "questions": len(items),
-        "resumed_questions": len(items) - len(todo),
-    })
-    _print_summary(name, metrics, cost)
-    return results, cost
+    return results
 
 
 def _print_summary(name: str, metrics: dict, cost: dict) -> None:
@@ -226,6 +253,14 @@ def _held_out(cfg: Config):
     return report
 
 
+def _join_ranks(cfg: Config) -> None:
+    """Under torchrun: join the process group (no Trainer here to do it) and print on rank 0 only."""
+    from app.pipelines import data
+
+    distributed.setup(_on_cuda(cfg))
+    distributed.silence_other_ranks(console, data.console)
+
+
 def _track_evaluation(results: dict, cost: dict, files: list[Path], predictions: Path) -> None:
     from app.tracking import log as track
 
@@ -244,6 +279,7 @@ def baseline(cfg: Config) -> dict[str, Any]:
     from app.training.profiler import write_json_atomic
 
     quiet_third_party()
+    _join_ranks(cfg)
     with mlflow_run(cfg, "baseline"):
         report = _held_out(cfg)
         track.set_tags({"dataset_fingerprint": fingerprint(report.records)})
@@ -253,6 +289,8 @@ def baseline(cfg: Config) -> dict[str, Any]:
         results, cost = run_evaluation(
             cfg, model, processor, report.eval, cfg.model.name_or_path, folder, "baseline", "baseline"
         )
+        if results is None:  # not rank 0: its share is in rank 0's files
+            return {}
         os.replace(folder / "baseline_predictions.jsonl", folder / "predictions.jsonl")
         profile = write_json_atomic(out / "profiling" / "baseline_profiling.json", cost)
         track.log_config(cfg.to_dict())
@@ -279,6 +317,7 @@ def evaluate(cfg: Config, model_ref: str) -> dict[str, Any]:
         if not adapter.is_dir():
             raise UserError(f"{adapter}: adapter folder not found")
         out_dir = adapter.parent
+    _join_ranks(cfg)
     with mlflow_run(cfg, "evaluate", tags={"model_ref": model_ref}):
         report = _held_out(cfg)
         track.set_tags({"dataset_fingerprint": fingerprint(report.records)})
@@ -286,6 +325,8 @@ def evaluate(cfg: Config, model_ref: str) -> dict[str, Any]:
         results, cost = run_evaluation(
             cfg, model, processor, report.eval, model_ref, out_dir, "evaluate", meta.get("mode", "evaluate")
         )
+        if results is None:
+            return {}
         profile = Path(cfg.output_dir) / "profiling" / "evaluate_profiling.json"
         write_json_atomic(profile, cost)
         track.log_config(cfg.to_dict())

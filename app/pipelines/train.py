@@ -8,6 +8,9 @@ final adapter (atomic) → results and profiling JSON. Config keys that switch f
   model.gradient_checkpointing, training.save_steps / save_total_limit, --resume
 Files (under output_dir): training/{mode}/final_model/, training/{mode}/training_results.json,
 profiling/{mode}_profiling.json; checkpoints in training/{mode}/checkpoints/.
+Under `torchrun --nproc_per_node N` (one node or many) the same recipe runs on every rank: the Trainer
+shards the data per rank and DeepSpeed the optimizer state; step losses and throughput are gathered over
+ranks; the held-out evaluation is sharded like `baseline`; rank 0 alone writes files and talks to MLflow.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from rich.console import Console
 from app.config import Config
 from app.errors import UserError
 from app.models.setup import model_path
+from app.training import distributed
 
 console = Console()
 MODES = ("qlora", "lora")
@@ -195,6 +199,7 @@ def epoch_losses(step_losses: list[tuple[int, int, float]]) -> list[dict[str, An
 
 
 def _evaluate_adapter(cfg: Config, final_dir: Path, records, mode: str, run_dir: Path):
+    """Every rank evaluates its share (a collective); metrics are None off rank 0."""
     import gc
 
     import torch
@@ -213,7 +218,7 @@ def _evaluate_adapter(cfg: Config, final_dir: Path, records, mode: str, run_dir:
         return None, {}
     model, processor, _ = load_adapter(cfg, final_dir)
     results, cost = run_evaluation(cfg, model, processor, records, str(final_dir), run_dir, "eval", mode)
-    return results["metrics"], cost
+    return (results or {}).get("metrics"), cost
 
 
 # --- the recipe ------------------------------------------------------------------------------------------------------
@@ -234,11 +239,13 @@ def _train(cfg: Config, mode: str, deepspeed: Path | None, resume: bool) -> dict
 
     from app.data.collate import TrainCollator, VideoQADataset, filter_too_long
     from app.data.ego4d import fingerprint
+    from app.pipelines import data as data_pipeline
     from app.pipelines.data import load_data, print_report
     from app.tracking import log as track
     from app.training.hooks import ProfiledTrainer, ProfilerCallback, RichProgressCallback, device_summary
     from app.training.profiler import Profiler, write_json_atomic
 
+    distributed.silence_other_ranks(console, data_pipeline.console)
     started = time.perf_counter()
     ds = read_deepspeed(deepspeed)
     check_combination(cfg, mode, ds, deepspeed)
@@ -296,7 +303,14 @@ def _train(cfg: Config, mode: str, deepspeed: Path | None, resume: bool) -> dict
     meta = {"mode": mode, "base_model": str(Path(model_path(cfg.model)).resolve()) if cfg.model.tiny
             else cfg.model.name_or_path, "family": cfg.model.family, "config_hash": cfg.config_hash()}
     final_dir = save_final_adapter(trainer, processor, run_dir / "final_model", meta)
+    # Collectives, so every rank takes part: the profile's global totals, then (once rank 0 has renamed the
+    # adapter into place) the sharded evaluation of it.
+    prof = profiler.report({"global_step": trainer.state.global_step, "optimizer_in_backward": ds is not None})
+    dropped = int(distributed.all_reduce_sum([collator.dropped])[0])
+    distributed.barrier()
     if not trainer.is_world_process_zero():
+        del trainer, model
+        _evaluate_adapter(cfg, final_dir, report.eval, mode, run_dir)
         return {}
     epochs = epoch_losses(trainer.step_losses)
     results = {
@@ -310,7 +324,7 @@ def _train(cfg: Config, mode: str, deepspeed: Path | None, resume: bool) -> dict
         "global_step": trainer.state.global_step,
         "train_samples": len(records),
         "skipped_too_long": [{"id": i, "tokens": n} for i, n in too_long],
-        "dropped_undecodable": collator.dropped,
+        "dropped_undecodable": dropped,
         "epoch_losses": epochs,
         "step_losses": [{"step": s, "epoch": e + 1, "loss": v} for s, e, v in trainer.step_losses],
         "train_loss": output.training_loss,
@@ -320,9 +334,9 @@ def _train(cfg: Config, mode: str, deepspeed: Path | None, resume: bool) -> dict
         "data": report.summary(),
         "dataset_fingerprint": fingerprint(report.records),
         "config_hash": cfg.config_hash(),
+        "world_size": distributed.world_size(),
         **device_summary(),
     }
-    prof = profiler.report({"global_step": trainer.state.global_step, "optimizer_in_backward": ds is not None})
     write_json_atomic(out / "profiling" / f"{mode}_profiling.json", prof)
     console.print(
         f"trained {trainer.state.global_step} steps in {train_seconds:.1f} s; "

@@ -8,6 +8,7 @@ Regions per optimizer step (gradient accumulation folds micro-batches into one s
              optimizer step, which accelerate runs inside `backward`)
   optimizer  gradient clipping, `optimizer.step()`, the LR schedule and `zero_grad` (to `on_step_end`)
   step       from the start of the data fetch to `on_step_end`
+Under torchrun the per-step loss handed to the tracker is the mean over ranks, tokens/s global (summed).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import Trainer, TrainerCallback
 
+from app.training import distributed
 from app.training.profiler import Profiler
 
 
@@ -100,13 +102,19 @@ class ProfilerCallback(TrainerCallback):
         self.profiler.timer.stop("optimizer")
         self.profiler.timer.stop("step")
         regions = self.profiler.step_end()
-        loss = self.trainer.take_step_loss()
+        # Every rank reaches on_step_end once per optimizer step, so this small gather cannot hang. Under
+        # torchrun the step's loss is the mean over ranks, its tokens the sum, its time the slowest rank's.
+        per_rank = distributed.all_gather_objects(
+            (self.trainer.take_step_loss(), self.profiler.tokens[-1], regions.get("step", 0.0))
+        )
+        loss = sum(r[0] for r in per_rank) / len(per_rank)
+        tokens, step_s = sum(r[1] for r in per_rank), max(r[2] for r in per_rank)
         self.trainer.step_losses.append((state.global_step, self.epoch_index, loss))
         figures = {
             "loss": loss,
             "learning_rate": self.trainer._get_learning_rate() if self.trainer.lr_scheduler else None,
-            "step_seconds": regions.get("step", 0.0),
-            "tokens_per_second": self.profiler.tokens[-1] / regions["step"] if regions.get("step") else None,
+            "step_seconds": step_s,
+            "tokens_per_second": tokens / step_s if step_s else None,
             **{f"{k}_seconds": self.profiler.steps[k][-1] for k in ("forward", "backward", "optimizer", "data_wait")},
         }
         if self.on_step:

@@ -5,6 +5,10 @@ Timers: CUDA events on GPU (they time the GPU work itself, without a sync inside
 backward, optimizer and data-wait seconds, plus tokens (non-pad, vision tokens included) and samples; the
 JSON gets mean / median / p95 / min / max of each and the raw lists, which the tracker turns into
 histograms.
+
+Under torchrun every rank profiles itself and `report()` (a collective: every rank calls it) gathers the
+ranks' totals: tokens, samples and throughput are global (all ranks' tokens over the slowest rank's busy
+time), peak memory is per rank with max and mean; timing distributions and raw lists stay rank 0's.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import socket
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -19,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from app.training import distributed
 
 REGIONS = ("step", "forward", "backward", "optimizer", "data_wait")
 
@@ -149,25 +156,50 @@ class Profiler:
         self._step_tokens = self._step_samples = 0
         return regions
 
+    def _rank_summary(self) -> dict[str, Any]:
+        return {
+            "rank": distributed.rank(),
+            "host": socket.gethostname(),
+            "num_steps": len(self.steps[self.regions[0]]),
+            "num_tokens": sum(self.tokens),
+            "num_samples": sum(self.samples),
+            "region_seconds": {name: sum(self.steps[name]) for name in self.regions},
+            "total_wall_seconds": time.perf_counter() - self._t0,
+            "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if self.use_cuda else None,
+            "peak_host_rss_bytes": peak_host_rss_bytes(),
+        }
+
     def report(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        total = time.perf_counter() - self._t0
-        step_total = sum(self.steps[self.regions[0]])  # the whole-step region comes first
-        tokens, samples = sum(self.tokens), sum(self.samples)
+        """The profiling JSON. Under several processes every rank must call it (it gathers); all get it."""
+        ranks = distributed.all_gather_objects(self._rank_summary())
+        tokens = sum(r["num_tokens"] for r in ranks)
+        samples = sum(r["num_samples"] for r in ranks)
+        # Ranks work in parallel: the global rate is all their work over the longest busy time (the whole-step
+        # region comes first), so set-up and final saving don't dilute it.
+        busy = max(r["region_seconds"][self.regions[0]] for r in ranks)
+        gpu = [r["peak_gpu_memory_bytes"] for r in ranks if r["peak_gpu_memory_bytes"] is not None]
+        rss = [r["peak_host_rss_bytes"] for r in ranks]
         return {
             "mode": self.mode,
             "timer": self.timer_name,
             "device": torch.cuda.get_device_name() if self.use_cuda else "cpu",
-            "total_wall_seconds": total,
+            "world_size": len(ranks),
+            "total_wall_seconds": max(r["total_wall_seconds"] for r in ranks),
             "epoch_wall_seconds": list(self.epoch_seconds),
             "num_steps": len(self.steps[self.regions[0]]),
             "num_tokens": tokens,
             "num_samples": samples,
-            # Throughput over time spent in steps, so set-up and final saving don't dilute it.
-            "tokens_per_second": tokens / step_total if step_total else None,
-            "samples_per_second": samples / step_total if step_total else None,
+            "tokens_per_second": tokens / busy if busy else None,
+            "samples_per_second": samples / busy if busy else None,
             **{f"{name}_seconds": summarize(self.steps[name]) for name in self.regions},
-            "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if self.use_cuda else None,
-            "peak_host_rss_bytes": peak_host_rss_bytes(),
+            # The max is what must fit on one device; the mean shows imbalance between ranks beside it.
+            "peak_gpu_memory_bytes": max(gpu) if gpu else None,
+            "peak_gpu_memory_bytes_max": max(gpu) if gpu else None,
+            "peak_gpu_memory_bytes_mean": statistics.fmean(gpu) if gpu else None,
+            "peak_host_rss_bytes": max(rss),
+            "peak_host_rss_bytes_max": max(rss),
+            "peak_host_rss_bytes_mean": statistics.fmean(rss),
+            "per_rank": ranks,
             "pid": os.getpid(),
             "raw": {"steps": self.steps, "tokens": self.tokens, "samples": self.samples},
             **self.extra,
