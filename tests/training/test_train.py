@@ -77,9 +77,14 @@ def test_loss_falls_and_profiler_regions_add_up(train_sets, tmp_path):
     assert len(losses) == 4 and losses[-1] < losses[0]
     prof = json.loads((out / "profiling" / "qlora_profiling.json").read_text())
     _check_profiling(prof, steps=16)
-    med = {r: prof[f"{r}_seconds"]["median"] for r in REGIONS}
-    covered = (med["forward"] + med["backward"] + med["optimizer"] + med["data_wait"]) / med["step"]
-    assert 0.85 <= covered <= 1.05, f"timed regions cover {covered:.2f} of the median step"
+    # Per step the regions are disjoint parts of the step's span, so their sum can never exceed it.
+    raw = prof["raw"]["steps"]
+    coverage = sorted(
+        (raw["forward"][i] + raw["backward"][i] + raw["optimizer"][i] + raw["data_wait"][i]) / raw["step"][i]
+        for i in range(len(raw["step"]))
+    )
+    assert max(coverage) <= 1.0 + 1e-6, f"regions overlap: {max(coverage):.3f} of a step"
+    assert coverage[len(coverage) // 2] >= 0.85, f"timed regions cover {coverage[len(coverage) // 2]:.2f} of a step"
 
 
 @pytest.mark.slow
