@@ -11,20 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import tiny_sets
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny_cpu.yaml"
 EGO = str(Path(sys.executable).parent / "ego4d-ft")
 METRICS = ("exact_match", "token_f1", "rouge_l", "bleu4", "anls", "answer_nll", "perplexity")
-
-
-def _sets(sample: Path, cache: Path, out: Path, *extra: str) -> list[str]:
-    sets = [
-        f"data.data_path={sample / 'Ego4D.json'}", f"data.video_folder={sample / 'videos'}",
-        f"data.eval_ids_file={sample / 'eval_ids.txt'}", f"model.cache_dir={cache}", f"output_dir={out}",
-        "training.per_device_batch_size=4", *extra,
-    ]
-    return [a for s in sets for a in ("--set", s)]
 
 
 def ego(*args: str) -> subprocess.CompletedProcess:
@@ -33,7 +25,7 @@ def ego(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_baseline_writes_results_profiling_and_predictions(sample40, model_cache, tmp_path):
-    res = ego("baseline", "--config", str(TINY), "--use-cpu", *_sets(sample40, model_cache, tmp_path))
+    res = ego("baseline", "--config", str(TINY), "--use-cpu", *tiny_sets(sample40, model_cache, tmp_path))
     assert res.returncode == 0, res.stderr[-2000:]
     results = json.loads((tmp_path / "training" / "baseline" / "baseline_results.json").read_text())
     m = results["metrics"]
@@ -83,12 +75,12 @@ def test_batched_and_one_by_one_generation_agree(sample40, model_cache):
 def test_interrupted_evaluation_resumes_to_the_same_results_file(sample40, model_cache, tmp_path):
     extra = ("data.eval_ids_file=null", "data.eval_fraction=0.9", "eval.batch_size=2", "eval.max_new_tokens=24")
     whole = tmp_path / "whole"
-    res = ego("baseline", "--config", str(TINY), "--use-cpu", *_sets(sample40, model_cache, whole, *extra))
+    res = ego("baseline", "--config", str(TINY), "--use-cpu", *tiny_sets(sample40, model_cache, whole, *extra))
     assert res.returncode == 0, res.stderr[-2000:]
 
     cut = tmp_path / "cut"
     log = cut / "training" / "baseline" / ".baseline_predictions.partial.jsonl"
-    cmd = [EGO, "baseline", "--config", str(TINY), "--use-cpu", *_sets(sample40, model_cache, cut, *extra)]
+    cmd = [EGO, "baseline", "--config", str(TINY), "--use-cpu", *tiny_sets(sample40, model_cache, cut, *extra)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -101,7 +93,7 @@ def test_interrupted_evaluation_resumes_to_the_same_results_file(sample40, model
     assert not results.exists(), "evaluation finished before it could be interrupted"
     assert log.is_file()
 
-    res = ego("baseline", "--config", str(TINY), "--use-cpu", *_sets(sample40, model_cache, cut, *extra))
+    res = ego("baseline", "--config", str(TINY), "--use-cpu", *tiny_sets(sample40, model_cache, cut, *extra))
     assert res.returncode == 0, res.stderr[-2000:]
     assert "resuming evaluation" in res.stdout
     assert results.read_bytes() == (whole / "training" / "baseline" / "baseline_results.json").read_bytes()
@@ -111,13 +103,13 @@ def test_interrupted_evaluation_resumes_to_the_same_results_file(sample40, model
 @pytest.mark.slow
 def test_evaluate_a_trained_adapter(sample40, model_cache, tmp_path):
     res = ego("train", "--mode", "qlora", "--config", str(TINY), "--use-cpu",
-              *_sets(sample40, model_cache, tmp_path, "training.num_epochs=1"))
+              *tiny_sets(sample40, model_cache, tmp_path, "training.num_epochs=1"))
     assert res.returncode == 0, res.stderr[-2000:]
     trained = json.loads((tmp_path / "training" / "qlora" / "training_results.json").read_text())
     assert trained["eval"]["num_items"] > 0 and "exact_match" in trained["eval"]
     adapter = tmp_path / "training" / "qlora" / "final_model"
     res = ego("evaluate", "--model", str(adapter), "--config", str(TINY), "--use-cpu",
-              *_sets(sample40, model_cache, tmp_path))
+              *tiny_sets(sample40, model_cache, tmp_path))
     assert res.returncode == 0, res.stderr[-2000:]
     results = json.loads((tmp_path / "training" / "qlora" / "evaluate_results.json").read_text())
     assert results["mode"] == "qlora" and results["model"] == str(adapter)

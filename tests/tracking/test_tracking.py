@@ -13,19 +13,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from cli_helpers import tiny_sets
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny_cpu.yaml"
 EGO = str(Path(sys.executable).parent / "ego4d-ft")
-
-
-def _sets(sample: Path, cache: Path, out: Path, *extra: str) -> list[str]:
-    sets = [
-        f"data.data_path={sample / 'Ego4D.json'}", f"data.video_folder={sample / 'videos'}",
-        f"data.eval_ids_file={sample / 'eval_ids.txt'}", f"model.cache_dir={cache}", f"output_dir={out}",
-        "training.per_device_batch_size=4", *extra,
-    ]
-    return [a for s in sets for a in ("--set", s)]
 
 
 def ego(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -69,7 +61,7 @@ def test_pipeline_through_an_mlflow_server(mlflow_server, sample40, model_cache,
     uri = f"tracking.uri={mlflow_server}"
     out = tmp_path / "results"
     for args in (["baseline", "--use-cpu"], ["train", "--mode", "qlora", "--use-cpu"]):
-        res = ego(*args, *_sets(sample40, model_cache, out, uri, "training.num_epochs=2"))
+        res = ego(*args, *tiny_sets(sample40, model_cache, out, uri, "training.num_epochs=2"))
         assert res.returncode == 0, res.stderr[-2000:]
 
     client = MlflowClient(mlflow_server)
@@ -99,13 +91,13 @@ def test_pipeline_through_an_mlflow_server(mlflow_server, sample40, model_cache,
     version = client.get_model_version_by_alias("ego4d-llava-ov-qlora", "newest")
     assert version.run_id == qlora.info.run_id
 
-    res = ego("compare", *_sets(sample40, model_cache, out, uri))
+    res = ego("compare", *tiny_sets(sample40, model_cache, out, uri))
     assert res.returncode == 0, res.stderr[-2000:]
     assert (out / "report" / "report.md").is_file() and (out / "report" / "report.html").is_file()
     assert "held-out accuracy by question type" in res.stdout
 
     res = ego("evaluate", "--model", "models:/ego4d-llava-ov-qlora@latest", "--use-cpu",
-              *_sets(sample40, model_cache, out, uri))
+              *tiny_sets(sample40, model_cache, out, uri))
     assert res.returncode == 0, res.stderr[-2000:]
     evaluated = json.loads(next((out / "evaluate").glob("*/evaluate_results.json")).read_text())["metrics"]
     trained = json.loads((out / "training" / "qlora" / "training_results.json").read_text())["eval"]
@@ -118,7 +110,7 @@ def test_failed_run_ends_failed(sample40, model_cache, tmp_path, tracking_store)
     from mlflow import MlflowClient
 
     res = ego("train", "--mode", "qlora", "--use-cpu",
-              *_sets(sample40, model_cache, tmp_path, f"data.data_path={tmp_path / 'missing.json'}"))
+              *tiny_sets(sample40, model_cache, tmp_path, f"data.data_path={tmp_path / 'missing.json'}"))
     assert res.returncode == 1 and "missing.json" in res.stderr
     client = MlflowClient(tracking_store)
     exp = client.get_experiment_by_name("ego4d-ft")
@@ -133,7 +125,7 @@ def test_sigterm_ends_the_run_killed(sample40, model_cache, tmp_path):
 
     store = f"sqlite:///{tmp_path / 'term.db'}"
     cmd = [EGO, "train", "--mode", "lora", "--use-cpu", "--config", str(TINY),
-           *_sets(sample40, model_cache, tmp_path / "out", "training.num_epochs=200")]
+           *tiny_sets(sample40, model_cache, tmp_path / "out", "training.num_epochs=200")]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "MLFLOW_TRACKING_URI": store})
     client = MlflowClient(store)
