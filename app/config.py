@@ -73,6 +73,11 @@ class DataConfig(_Section):
     transcripts_file: str | None = None
     asr_model: str | None = None
     check_decodable: bool = True
+    # Decoded-frame cache (app/data/frame_cache.py): sampled, resized frames stored once, reused by later
+    # epochs and runs. It never changes what the model sees, so these keys stay out of config_hash().
+    frame_cache: bool = True
+    frame_cache_dir: str = ".cache/ego4d-ft/frames"
+    frame_cache_max_gb: float = Field(50.0, gt=0)
 
     @model_validator(mode="after")
     def _speech_needs_source(self) -> DataConfig:
@@ -97,6 +102,8 @@ class TrainingConfig(_Section):
     save_total_limit: int = Field(2, gt=0)
     logging_steps: int = Field(1, gt=0)
     dataloader_workers: int = Field(4, ge=0)
+    # Batches each loader worker keeps ready; only used with workers. Does not change results (not hashed).
+    dataloader_prefetch: int = Field(4, gt=0)
     seed: int = 42
 
 
@@ -130,8 +137,18 @@ class Config(_Section):
     def config_hash(self) -> str:
         """Identifies what a run computes: where results go or how they are tracked does not change it."""
         content = {k: v for k, v in self.to_dict().items() if k not in ("output_dir", "tracking", "use_cpu")}
+        for section, key in _NOT_HASHED:
+            content[section].pop(key, None)
         blob = json.dumps(content, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# Keys that change speed or where files go, never what is computed (left out of config_hash, so turning the
+# cache off or moving it does not orphan a resumable evaluation log).
+_NOT_HASHED = (
+    ("data", "frame_cache"), ("data", "frame_cache_dir"), ("data", "frame_cache_max_gb"),
+    ("training", "dataloader_prefetch"),
+)
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:

@@ -24,7 +24,8 @@ from torch.utils.data import Dataset
 
 from app.config import DataConfig
 from app.data.ego4d import IMAGE_TOKEN, ROLES, Record
-from app.data.video import VideoError, sample_frames
+from app.data.frame_cache import load_clip
+from app.data.video import VideoError
 
 IGNORE_INDEX = -100
 END_OF_TURN = "<|im_end|>"
@@ -179,7 +180,8 @@ def filter_too_long(
 
 
 class VideoQADataset(Dataset):
-    """Decodes frames on access; an undecodable clip yields None so one bad file does not end a long run."""
+    """Decodes frames on access (through the frame cache when ``data.frame_cache`` is on); an undecodable clip
+    yields None so one bad file does not end a long run."""
 
     def __init__(self, records: Sequence[Record], data_cfg: DataConfig, processor: Any) -> None:
         self.records = list(records)
@@ -191,9 +193,8 @@ class VideoQADataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any] | None:
         record = self.records[i]
-        size = (self.data_cfg.frame_size, self.data_cfg.frame_size)
         try:
-            frames = sample_frames(record.video, self.data_cfg.num_frames, size=size)
+            frames = load_clip(record.video, self.data_cfg)
         except VideoError as exc:
             log.warning("skipping record %s: %s", record.id, exc)
             return None

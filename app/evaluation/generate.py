@@ -17,7 +17,8 @@ import torch
 from app.config import DataConfig
 from app.data.collate import IGNORE_INDEX, TrainCollator, encode_for_training, encode_prompt
 from app.data.ego4d import Record
-from app.data.video import VideoError, sample_frames
+from app.data.frame_cache import load_clip
+from app.data.video import VideoError
 from app.training.profiler import Profiler
 
 EVAL_REGIONS = ("batch", "data_wait", "generate", "score")
@@ -164,9 +165,7 @@ def evaluate_items(
             rid = it.record.id
             if rid not in frames:
                 try:
-                    frames[rid] = sample_frames(
-                        it.record.video, data_cfg.num_frames, size=(data_cfg.frame_size, data_cfg.frame_size)
-                    )
+                    frames[rid] = load_clip(it.record.video, data_cfg)
                 except VideoError as exc:
                     frames[rid] = None
                     on_skip(it, str(exc))

@@ -148,6 +148,7 @@ def training_arguments(cfg: Config, mode: str, run_dir: Path, ds_path: Path | No
         disable_tqdm=True,
         dataloader_num_workers=t.dataloader_workers,
         dataloader_persistent_workers=t.dataloader_workers > 0,
+        dataloader_prefetch_factor=t.dataloader_prefetch if t.dataloader_workers > 0 else None,
         dataloader_pin_memory=on_cuda,
         remove_unused_columns=False,
         label_names=["labels"],

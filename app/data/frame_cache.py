@@ -1,0 +1,234 @@
+"""Decoded-frame cache: a clip's sampled, resized uint8 frames stored once on disk, reused by later epochs and runs.
+
+An entry is one ``.npy`` file named by a hash of everything that decides its pixels: the cache format version,
+the video's resolved path, size and ``mtime_ns``, the number of frames and the (height, width) asked for. Editing
+or replacing a clip changes its size or mtime, so its old entry is simply never asked for again (eviction reclaims
+it).
+
+Concurrency: DataLoader workers, torchrun ranks and `data validate --warm-cache` may fill the same entry at
+once. Each writer saves to its own temp file in the entry's folder and `os.replace`s it into place, which is
+atomic on POSIX filesystems (NFS/Lustre included): a reader sees no file or a whole one, and racing writers
+leave exactly one. Entries are not fsynced: after a power cut a file may come back short, and the loader
+checks shape, dtype and length, so a damaged entry is a miss that gets rewritten, never bad pixels.
+
+Size cap: when a process's writes push its running estimate over ``max_bytes``, it scans the folder and
+deletes the least recently used entries (a hit refreshes the file's mtime) down to 90% of the cap, so
+eviction runs now and then, not on every write. A reader whose file vanishes under it just decodes again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from app.data.video import sample_frames
+
+# Bumped whenever what an entry holds or how it is laid out changes (sampling rule, array layout).
+FORMAT_VERSION = 1
+SUFFIX = ".npy"
+TMP_MARK = ".tmp-"
+# A temp file this old belongs to a writer that died; eviction deletes it.
+STALE_TMP_SECONDS = 3600
+EVICT_TO = 0.9
+
+Outcome = Literal["hit", "written", "decoded"]
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    writes: int = 0
+    misses: int = 0  # decoded; a miss is also a write unless the entry could not be stored
+    corrupt: int = 0
+    evicted: int = 0
+
+
+@dataclass
+class FrameCache:
+    """Frames on disk under ``root``, keyed by file identity and sampling settings; see the module notes."""
+
+    root: Path
+    max_bytes: int | None = None
+    stats: CacheStats = field(default_factory=CacheStats)
+    _estimate: int | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+
+    # -- keys and paths -------------------------------------------------------------------------------------
+    @staticmethod
+    def key(video: Path, num_frames: int, size: tuple[int, int] | None) -> str:
+        """Raises OSError when the video cannot be stat'ed (then there is nothing to cache either)."""
+        resolved = Path(video).resolve()
+        st = resolved.stat()
+        ident = {
+            "v": FORMAT_VERSION,
+            "path": str(resolved),
+            "bytes": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "num_frames": int(num_frames),
+            "size": list(size) if size is not None else None,
+        }
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+    def path_for(self, key: str) -> Path:
+        # Two-character fan-out keeps any one folder small enough to list quickly on big datasets.
+        return self.root / key[:2] / f"{key}{SUFFIX}"
+
+    # -- read / write ---------------------------------------------------------------------------------------
+    def get(self, key: str, num_frames: int, size: tuple[int, int] | None) -> np.ndarray | None:
+        path = self.path_for(key)
+        try:
+            frames = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, EOFError):
+            # Short or garbled file: a miss; drop it so the decode that follows can store a good one.
+            self.stats.corrupt += 1
+            _unlink(path)
+            return None
+        if not _valid(frames, num_frames, size):
+            self.stats.corrupt += 1
+            _unlink(path)
+            return None
+        try:
+            os.utime(path)  # LRU: eviction goes by mtime, and atime is often not kept (noatime/relatime)
+        except OSError:
+            pass  # a read-only cache still serves hits
+        return frames
+
+    def put(self, key: str, frames: np.ndarray) -> bool:
+        """Store an entry atomically; False (and nothing left behind) when the cache folder is not writable."""
+        path = self.path_for(key)
+        tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                np.save(fh, np.ascontiguousarray(frames, dtype=np.uint8), allow_pickle=False)
+            os.replace(tmp, path)
+        except OSError:
+            _unlink(tmp)
+            return False
+        self.stats.writes += 1
+        self._account(path)
+        return True
+
+    def frames(self, video: Path, num_frames: int, size: tuple[int, int] | None = None) -> tuple[np.ndarray, Outcome]:
+        """The clip's frames (as `sample_frames` returns them) and whether they came from the cache.
+
+        Raises VideoError exactly like `sample_frames`; an undecodable clip is never cached.
+        """
+        try:
+            key = self.key(video, num_frames, size)
+        except OSError:
+            key = None  # missing file: let sample_frames word the error
+        if key is not None:
+            cached = self.get(key, num_frames, size)
+            if cached is not None:
+                self.stats.hits += 1
+                return cached, "hit"
+        frames = sample_frames(video, num_frames, size=size)
+        self.stats.misses += 1
+        if key is not None and self.put(key, frames):
+            return frames, "written"
+        return frames, "decoded"
+
+    # -- size cap -------------------------------------------------------------------------------------------
+    def _account(self, path: Path) -> None:
+        if self.max_bytes is None:
+            return
+        try:
+            added = path.stat().st_size
+        except OSError:
+            return
+        if self._estimate is None:
+            self._estimate = self.total_bytes()
+        else:
+            self._estimate += added
+        if self._estimate > self.max_bytes:
+            self.evict()
+
+    def entries(self) -> Iterator[tuple[Path, int, float]]:
+        """(path, bytes, mtime) of every entry; stale temp files of dead writers are deleted on the way."""
+        if not self.root.is_dir():
+            return
+        now = time.time()
+        for sub in os.scandir(self.root):
+            if not sub.is_dir():
+                continue
+            for entry in os.scandir(sub.path):
+                try:
+                    st = entry.stat()
+                except OSError:
+                    continue  # evicted or renamed by another process meanwhile
+                if TMP_MARK in entry.name:
+                    if now - st.st_mtime > STALE_TMP_SECONDS:
+                        _unlink(Path(entry.path))
+                    continue
+                if entry.name.endswith(SUFFIX):
+                    yield Path(entry.path), st.st_size, st.st_mtime
+
+    def total_bytes(self) -> int:
+        return sum(size for _, size, _ in self.entries())
+
+    def evict(self) -> int:
+        """Delete least recently used entries until the cache is at most 90% of its cap; returns bytes freed."""
+        if self.max_bytes is None:
+            return 0
+        listed = sorted(self.entries(), key=lambda e: e[2])
+        total = sum(size for _, size, _ in listed)
+        target = int(self.max_bytes * EVICT_TO)
+        freed = 0
+        for path, size, _ in listed:
+            if total - freed <= target:
+                break
+            if _unlink(path):
+                freed += size
+                self.stats.evicted += 1
+        self._estimate = total - freed
+        return freed
+
+
+def _valid(frames: np.ndarray, num_frames: int, size: tuple[int, int] | None) -> bool:
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[0] != num_frames or frames.shape[1] != 3:
+        return False
+    return size is None or tuple(frames.shape[2:]) == tuple(size)
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+
+
+# One cache object per (folder, cap) and process, so the running size estimate survives across calls.
+_CACHES: dict[tuple[str, int | None], FrameCache] = {}
+
+
+def cache_for(root: str | Path, max_gb: float | None) -> FrameCache:
+    max_bytes = int(max_gb * 1024**3) if max_gb is not None else None
+    key = (str(Path(root).resolve()), max_bytes)
+    if key not in _CACHES:
+        _CACHES[key] = FrameCache(Path(key[0]), max_bytes)
+    return _CACHES[key]
+
+
+def load_clip(video: Path, data_cfg) -> np.ndarray:
+    """The frames training and evaluation feed the processor: ``data.num_frames`` at ``data.frame_size``,
+    from the frame cache when ``data.frame_cache`` is on. Raises VideoError like `sample_frames`."""
+    size = (data_cfg.frame_size, data_cfg.frame_size)
+    if not data_cfg.frame_cache:
+        return sample_frames(video, data_cfg.num_frames, size=size)
+    cache = cache_for(data_cfg.frame_cache_dir, data_cfg.frame_cache_max_gb)
+    return cache.frames(video, data_cfg.num_frames, size)[0]
