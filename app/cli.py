@@ -140,12 +140,18 @@ def data_sample(
 
 
 @data_app.command("validate")
-def data_validate(config: ConfigOpt = None, set_: SetOpt = None):
+def data_validate(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    warm_cache: Annotated[
+        bool, typer.Option("--warm-cache", help="Then decode every usable clip into the frame cache.")
+    ] = False,
+):
     """Load the configured data and count usable records and skips by reason; exit 1 if none usable."""
     from app.pipelines.data import validate
 
     cfg = _config(config, set_)
-    report = _run(validate, cfg)
+    report = _run(validate, cfg, warm=warm_cache)
     if not report.records:
         raise typer.Exit(1)
 

@@ -232,3 +232,43 @@ def load_clip(video: Path, data_cfg) -> np.ndarray:
         return sample_frames(video, data_cfg.num_frames, size=size)
     cache = cache_for(data_cfg.frame_cache_dir, data_cfg.frame_cache_max_gb)
     return cache.frames(video, data_cfg.num_frames, size)[0]
+
+
+def _warm_one(video: Path, data_cfg) -> str:
+    from app.data.video import VideoError
+
+    cache = cache_for(data_cfg.frame_cache_dir, data_cfg.frame_cache_max_gb)
+    try:
+        return cache.frames(video, data_cfg.num_frames, (data_cfg.frame_size, data_cfg.frame_size))[1]
+    except VideoError:
+        return "failed"
+
+
+def warm(videos: list[Path], data_cfg, workers: int = 1, on_done=None) -> dict[str, int]:
+    """Fill the cache for `videos` (each once); counts of "hit", "written", "decoded" (not storable), "failed".
+
+    ``workers`` > 1 decodes in that many processes; ``on_done(outcome)`` is called as each clip finishes.
+    """
+    counts = {"hit": 0, "written": 0, "decoded": 0, "failed": 0}
+    unique = list(dict.fromkeys(Path(v) for v in videos))
+
+    def done(outcome: str) -> None:
+        counts[outcome] += 1
+        if on_done:
+            on_done(outcome)
+
+    if workers <= 1 or len(unique) < 2:
+        for video in unique:
+            done(_warm_one(video, data_cfg))
+    else:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=min(workers, len(unique))) as pool:
+            for fut in as_completed([pool.submit(_warm_one, v, data_cfg) for v in unique]):
+                done(fut.result())
+    if data_cfg.frame_cache_max_gb is not None:
+        # Worker processes kept their own size estimates; one scan here enforces the cap over all they wrote.
+        cache = cache_for(data_cfg.frame_cache_dir, data_cfg.frame_cache_max_gb)
+        if cache.total_bytes() > (cache.max_bytes or 0):
+            cache.evict()
+    return counts

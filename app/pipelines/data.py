@@ -91,9 +91,33 @@ def print_report(report: DataReport, title: str = "data") -> None:
         )
 
 
-def validate(cfg: Config) -> DataReport:
+def warm_cache(cfg: Config, report: DataReport) -> dict[str, int]:
+    """Decode every usable clip once into the frame cache, so the first epoch reads it like the later ones."""
+    import os
+
+    from app.data.frame_cache import warm
+    from app.errors import UserError
+
+    if not cfg.data.frame_cache:
+        raise UserError("--warm-cache: the frame cache is off; drop --set data.frame_cache=false")
+    videos = [r.video for r in report.records]
+    workers = max(1, min(cfg.training.dataloader_workers, os.cpu_count() or 1))
+    with _progress(f"warming the frame cache ({workers} process{'es' if workers > 1 else ''})") as bar:
+        task = bar.add_task("warm", total=len(set(videos)))
+        counts = warm(videos, cfg.data, workers=workers, on_done=lambda _: bar.advance(task))
+    console.print(
+        f"frame cache {cfg.data.frame_cache_dir}: written {counts['written']}, already there {counts['hit']}, "
+        f"failed {counts['failed']}" + (f", not storable {counts['decoded']}" if counts["decoded"] else ""),
+        highlight=False,
+    )
+    return counts
+
+
+def validate(cfg: Config, warm: bool = False) -> DataReport:
     report = load_data(cfg)
     print_report(report, title=str(cfg.data.data_path))
     if not report.records:
         console.print("[bold red]nothing usable[/]: fix the skips above or point data.data_path elsewhere")
+    elif warm:
+        warm_cache(cfg, report)
     return report
