@@ -94,3 +94,28 @@ def load_audio(path: Path, sr: int = 16000) -> np.ndarray:
     if samples.size == 0:
         raise AudioError(f"{path}: cannot decode audio (no samples)")
     return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def probe_audio(path: Path) -> None:
+    """Cheap readability check (header only, nothing decoded); raises AudioError naming the file."""
+    path = Path(path)
+    _check_file(path)
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_EXTENSIONS:
+        try:
+            with av.open(str(path)) as container:
+                if not container.streams.audio:
+                    raise AudioError(f"{path}: no audio stream")
+        except av.FFmpegError as exc:
+            raise AudioError(f"{path}: cannot open container ({_one_line(exc)})") from None
+        return
+    if suffix not in AUDIO_EXTENSIONS:
+        raise AudioError(f"{path}: unsupported audio file type {suffix or '(none)'!r}")
+    import soundfile
+
+    try:
+        info = soundfile.info(str(path))
+    except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError or TypeError by version
+        raise AudioError(f"{path}: cannot decode audio ({_one_line(exc)})") from None
+    if info.frames == 0:
+        raise AudioError(f"{path}: cannot decode audio (no samples)")

@@ -41,6 +41,7 @@ FILTERED_OUT = "filtered out by video_ids_file"
 
 SHORT_CLIP = "clip shorter than frames asked (frames repeated)"
 AUDIO_MISSING = "audio file missing (record kept, audio unused)"
+AUDIO_UNREADABLE = "audio file unreadable (record kept, audio unused)"
 
 
 class DataError(UserError):
@@ -187,10 +188,12 @@ def load_records(
     cfg: DataConfig,
     probe: Callable[[Path], int] | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
+    audio_probe: Callable[[Path], None] | None = None,
 ) -> DataReport:
     """Parse, filter and check every record of `cfg.data_path`.
 
     `probe(path) -> frame count` raises on an undecodable video; None skips that (costly) check.
+    `audio_probe(path)` raises on an unreadable audio file: a warning, the record is kept without audio.
     `transcript`-strategy records whose text comes from an ASR model are resolved later, by
     `app.data.speech`, since that needs the model.
     """
@@ -256,6 +259,12 @@ def load_records(
             if not audio_path.is_file():
                 report.note(report.warnings, AUDIO_MISSING, f"{rid} ({audio_path})")
                 audio_path = None
+            elif audio_probe is not None:
+                try:
+                    audio_probe(audio_path)
+                except Exception as exc:  # the probe's own error class names the file
+                    report.note(report.warnings, AUDIO_UNREADABLE, f"{rid} ({str(exc).splitlines()[0]})")
+                    audio_path = None
         has_speech = any(SPEECH_TOKEN in t.value for t in turns)
         if has_speech and cfg.speech_strategy == "drop":
             turns = _apply_speech(turns, None)

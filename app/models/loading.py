@@ -17,9 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
+
+from app.errors import UserError
 
 FAMILIES = ("llava_ov15", "llava_onevision")
 MODES = ("baseline", "lora", "qlora")
@@ -195,12 +198,10 @@ def load_model_and_processor(
     ``attn_implementation``: ``sdpa`` | ``eager`` | ``flash_attention_2`` (needs flash-attn installed).
     """
     spec = _check(family, mode)
-    if trust_remote_code:
-        raise ValueError(
-            "trust_remote_code is not needed and not allowed: both families are implemented in this project / "
-            "transformers. Leave model.trust_remote_code false."
-        )
-    kwargs: dict = {"dtype": _dtype(torch_dtype), "attn_implementation": attn_implementation}
+    _check_weights(path_or_name)
+    # Pickled weights can run code when unpickled: only safetensors are read. The model classes are ours or
+    # transformers', so trust_remote_code can only reach the tokenizer files (see load_processor).
+    kwargs: dict = {"dtype": _dtype(torch_dtype), "attn_implementation": attn_implementation, "use_safetensors": True}
     if device_map is not None:
         kwargs["device_map"] = device_map
     if mode == "qlora":
@@ -217,19 +218,37 @@ def load_model_and_processor(
 
         model = LlavaOnevisionForConditionalGeneration.from_pretrained(path_or_name, **kwargs)
     del spec
-    return model, load_processor(path_or_name, family, min_pixels, max_pixels)
+    return model, load_processor(path_or_name, family, min_pixels, max_pixels, trust_remote_code)
+
+
+def _check_weights(path_or_name: str) -> None:
+    """A local checkpoint must hold safetensors weights; say so before transformers' longer message."""
+    path = Path(path_or_name)
+    if not path.is_dir():
+        return  # a hub name: from_pretrained(use_safetensors=True) refuses pickled weights itself
+    if not any(path.glob("*.safetensors")):
+        pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt*"))
+        found = f" (found {', '.join(pickled[:3])}: pickled weights are never loaded)" if pickled else ""
+        raise UserError(f"{path}: no *.safetensors weights{found}")
 
 
 def load_processor(path_or_name: str, family: str = "llava_ov15", min_pixels: int | None = None,
-                   max_pixels: int | None = None):
+                   max_pixels: int | None = None, trust_remote_code: bool = False):
     """The processor alone (tokenizer + pixels), e.g. to measure sequence lengths without the weights."""
-    if family == "llava_ov15":
-        from .llava_ov15 import LlavaOV15Processor
+    try:
+        if family == "llava_ov15":
+            from .llava_ov15 import LlavaOV15Processor
 
-        return LlavaOV15Processor.from_pretrained(path_or_name, min_pixels=min_pixels, max_pixels=max_pixels)
-    from .onevision import OnevisionProcessor
+            return LlavaOV15Processor.from_pretrained(path_or_name, min_pixels=min_pixels, max_pixels=max_pixels,
+                                                      trust_remote_code=trust_remote_code)
+        from .onevision import OnevisionProcessor
 
-    return OnevisionProcessor.from_pretrained(path_or_name)
+        return OnevisionProcessor.from_pretrained(path_or_name, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if "custom code" not in str(exc):
+            raise
+        raise UserError(f"{path_or_name}: the checkpoint's tokenizer needs its own code (auto_map), which is not "
+                        "run unless model.trust_remote_code=true") from None
 
 
 def count_4bit_layers(model: nn.Module) -> int:

@@ -114,9 +114,9 @@ class OnevisionProcessor:
         (path / "chat_template.jinja").write_text(self.chat_template)
 
     @classmethod
-    def from_pretrained(cls, path) -> OnevisionProcessor:
+    def from_pretrained(cls, path, trust_remote_code: bool = False) -> OnevisionProcessor:
         path = Path(path)
-        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         cfg = json.loads((path / PREPROCESSOR_FILE).read_text()) if (path / PREPROCESSOR_FILE).exists() else {}
         size = cfg.get("size", {})
         template = path / "chat_template.jinja"

@@ -37,6 +37,12 @@ def _probe_frames(path: Path) -> int:
     return frame_count(path)
 
 
+def _probe_audio(path: Path) -> None:
+    from app.data.audio import probe_audio
+
+    probe_audio(path)
+
+
 def _progress(label: str) -> Progress:
     return Progress(
         TextColumn(f"[bold]{label}"),
@@ -51,8 +57,10 @@ def _progress(label: str) -> Progress:
 def load_data(cfg: Config) -> DataReport:
     """Records of the configured data, checked (decodable video) and with `<speech>` resolved."""
     probe = _probe_frames if cfg.data.check_decodable else None
+    audio_probe = _probe_audio if cfg.data.check_decodable else None
     with _progress("checking records") as bar:
-        report = load_records(cfg.data, probe=probe, progress=lambda items: bar.track(items, total=len(items)))
+        report = load_records(cfg.data, probe=probe, progress=lambda items: bar.track(items, total=len(items)),
+                              audio_probe=audio_probe)
     if cfg.data.speech_strategy == "transcript" and cfg.data.asr_model and needs_asr(report):
         with _progress(f"transcribing <speech> with {cfg.data.asr_model}") as bar:
             n = transcribe_speech(

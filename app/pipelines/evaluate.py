@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from app.config import Config
 from app.errors import UserError
+from app.pipelines.preflight import preflight
 from app.training import distributed
 
 console = Console()
@@ -69,6 +70,8 @@ def load_adapter(cfg: Config, adapter_dir: Path):
     config_file = adapter_dir / "adapter_config.json"
     if not config_file.is_file():
         raise UserError(f"{adapter_dir}: not an adapter folder (no adapter_config.json)")
+    if not (adapter_dir / "adapter_model.safetensors").is_file():
+        raise UserError(f"{adapter_dir}: no adapter_model.safetensors (pickled adapter weights are never loaded)")
     base = json.loads(config_file.read_text()).get("base_model_name_or_path")
     meta_file = adapter_dir / ADAPTER_META
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
@@ -279,6 +282,7 @@ def baseline(cfg: Config) -> dict[str, Any]:
     from app.training.profiler import write_json_atomic
 
     quiet_third_party()
+    preflight(cfg)
     _join_ranks(cfg)
     with mlflow_run(cfg, "baseline"):
         report = _held_out(cfg)
@@ -307,6 +311,7 @@ def evaluate(cfg: Config, model_ref: str) -> dict[str, Any]:
     from app.training.profiler import write_json_atomic
 
     quiet_third_party()
+    preflight(cfg)
     if model_ref.startswith(("models:/", "runs:/")):
         from app.tracking.registry import resolve_model_ref
 

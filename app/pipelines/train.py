@@ -28,6 +28,7 @@ from rich.console import Console
 from app.config import Config
 from app.errors import UserError
 from app.models.setup import model_path
+from app.pipelines.preflight import preflight
 from app.training import distributed
 
 console = Console()
@@ -231,6 +232,7 @@ def train(cfg: Config, mode: str = "qlora", deepspeed: Path | None = None, resum
     quiet_third_party()
     if mode not in MODES:
         raise UserError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
+    preflight(cfg)
     with mlflow_run(cfg, mode, tags={"deepspeed": str(deepspeed) if deepspeed else "none"}):
         return _train(cfg, mode, deepspeed, resume)
 

@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from app.tracking.run import retry_locked
+
 STAT_KEYS = ("mean", "median", "p95", "min", "max")
 
 
@@ -58,7 +60,7 @@ def log_summary(metrics: dict[str, float]) -> None:
     import mlflow
 
     if mlflow.active_run() is not None and metrics:
-        mlflow.log_metrics(metrics)
+        retry_locked(mlflow.log_metrics)(metrics)
 
 
 def log_files(*paths: Path, folder: str | None = None) -> None:
@@ -68,14 +70,14 @@ def log_files(*paths: Path, folder: str | None = None) -> None:
         return
     for path in paths:
         if path and Path(path).is_file():
-            mlflow.log_artifact(str(path), artifact_path=folder)
+            retry_locked(mlflow.log_artifact)(str(path), artifact_path=folder)
 
 
 def log_config(config: dict[str, Any]) -> None:
     import mlflow
 
     if mlflow.active_run() is not None:
-        mlflow.log_dict(config, "config.yaml")
+        retry_locked(mlflow.log_dict)(config, "config.yaml")
 
 
 def log_predictions(predictions_jsonl: Path, artifact_file: str = "predictions.json") -> None:
@@ -87,7 +89,7 @@ def log_predictions(predictions_jsonl: Path, artifact_file: str = "predictions.j
     if not rows:
         return
     columns = sorted({k for r in rows for k in r})
-    mlflow.log_table(data={c: [r.get(c) for r in rows] for c in columns}, artifact_file=artifact_file)
+    retry_locked(mlflow.log_table)(data={c: [r.get(c) for r in rows] for c in columns}, artifact_file=artifact_file)
 
 
 def log_step_figures(profile: dict[str, Any], step_region: str, losses: list[tuple[int, float]] | None,
@@ -109,12 +111,12 @@ def log_step_figures(profile: dict[str, Any], step_region: str, losses: list[tup
         ax.set_ylabel("count")
         ax.set_title(f"{prefix.rstrip('/')}: {step_region} time per step ({len(steps[step_region])} steps)")
         fig.tight_layout()
-        mlflow.log_figure(fig, f"figures/{prefix.rstrip('/')}_{step_region}_time_histogram.png")
+        retry_locked(mlflow.log_figure)(fig, f"figures/{prefix.rstrip('/')}_{step_region}_time_histogram.png")
         plt.close(fig)
         table = {"step": list(range(1, len(steps[step_region]) + 1))}
         table.update({f"{name}_seconds": values for name, values in steps.items()
                       if len(values) == len(steps[step_region])})
-        mlflow.log_table(data=table, artifact_file=f"tables/{prefix.rstrip('/')}_step_times.json")
+        retry_locked(mlflow.log_table)(data=table, artifact_file=f"tables/{prefix.rstrip('/')}_step_times.json")
     if losses:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot([s for s, _ in losses], [v for _, v in losses], color="#dd8452")
@@ -122,7 +124,7 @@ def log_step_figures(profile: dict[str, Any], step_region: str, losses: list[tup
         ax.set_ylabel("training loss")
         ax.set_title("loss curve")
         fig.tight_layout()
-        mlflow.log_figure(fig, "figures/loss_curve.png")
+        retry_locked(mlflow.log_figure)(fig, "figures/loss_curve.png")
         plt.close(fig)
 
 
@@ -130,7 +132,7 @@ def set_tags(tags: dict[str, Any]) -> None:
     import mlflow
 
     if mlflow.active_run() is not None:
-        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        retry_locked(mlflow.set_tags)({k: str(v) for k, v in tags.items()})
 
 
 def register(adapter_dir: Path, cfg, mode: str) -> dict[str, Any] | None:
@@ -142,4 +144,4 @@ def register(adapter_dir: Path, cfg, mode: str) -> dict[str, Any] | None:
     from app.tracking.registry import register_adapter
 
     name = cfg.tracking.registered_model if mode == "qlora" else f"{cfg.tracking.registered_model}-lora"
-    return register_adapter(adapter_dir, name)
+    return retry_locked(register_adapter)(adapter_dir, name)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
+from media_helpers import write_audio_only_mp4
 
-from app.data.synthetic import SampleSummary, make_sample_set, tone, write_clip
+from app.data.synthetic import SampleSummary, make_sample_set, write_clip
 
 
 @pytest.fixture(scope="session")
@@ -22,17 +22,6 @@ def sample_set(tmp_path_factory: pytest.TempPathFactory) -> SampleSummary:
         fps=8,
         progress=False,
     )
-
-
-def _write_audio_only_mp4(path: Path) -> None:
-    pcm = tone(440.0, 1.0)
-    with av.open(str(path), mode="w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=16000, layout="mono")
-        for pts in range(0, len(pcm), 1024):
-            frame = av.AudioFrame.from_ndarray(pcm[None, pts : pts + 1024].copy(), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 16000, pts
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +41,7 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory, sample_set: SampleSummar
     files["zero_byte"].write_bytes(b"")
     files["truncated"].write_bytes(good[: int(len(good) * 0.3)])
     files["text"].write_text("this is a shopping list, not a video\n")
-    _write_audio_only_mp4(files["audio_only"])
+    write_audio_only_mp4(files["audio_only"])
     write_clip(files["no_audio"], np.full((8, 64, 64, 3), 100, dtype=np.uint8), 8, None)
     files["text_wav"].write_text("RIFF? no, just text\n")
     files["garbage_mp3"].write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import bitsandbytes as bnb
-import pytest
 import torch
 from ov15_helpers import random_video
 
@@ -60,11 +59,6 @@ def test_tiny_builder_is_idempotent(tmp_path):
     assert build_tiny_llava_ov15(tmp_path / "tiny") == first
     assert (first / "model.safetensors").stat().st_mtime_ns == stamp
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
-
-
-def test_trust_remote_code_is_refused(tiny_ov15_dir):
-    with pytest.raises(ValueError, match="trust_remote_code"):
-        load_model_and_processor(str(tiny_ov15_dir), trust_remote_code=True)
 
 
 def test_llava_onevision_family_same_interface(tiny_onevision_dir):

@@ -290,9 +290,10 @@ class LlavaOV15Processor:
         (path / CHAT_TEMPLATE_FILE).write_text(self.chat_template)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None):
+    def from_pretrained(cls, path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None,
+                        trust_remote_code: bool = False):
         path = Path(path)
-        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         config_file = path / PREPROCESSOR_FILE
         image_processor = LlavaOV15ImageProcessor.from_dict(
             json.loads(config_file.read_text()) if config_file.exists() else {}
