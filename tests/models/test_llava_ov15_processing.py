@@ -65,6 +65,18 @@ def test_processor_round_trip_and_pixel_limits(tiny_ov15_dir, tmp_path):
     assert again.tokenizer.convert_tokens_to_ids("<|im_end|>") == im_end
 
 
+@pytest.mark.parametrize("height,width", [(56, 84), (56, 56), (112, 112)])
+def test_clip_at_target_size_skips_pil_with_identical_pixels(height, width):
+    # The loader hands frames already at their target size; that path skips PIL and must not change a bit.
+    video = random_video(4, height, width, seed=3)
+    proc = LlavaOV15ImageProcessor(max_pixels=112 * 112)
+    assert proc._at_target_size(video)
+    rows, grid = proc.preprocess_video(video)
+    per_frame = [proc.preprocess_image(frame)[0] for frame in video]
+    assert grid == (4, height // 14, width // 14)
+    np.testing.assert_array_equal(rows, np.concatenate(per_frame))
+
+
 def test_processor_rejects_bad_frames():
     proc = LlavaOV15ImageProcessor()
     with pytest.raises(TypeError):
