@@ -281,8 +281,8 @@ def baseline(cfg: Config) -> dict[str, Any]:
     from app.tracking.run import mlflow_run
     from app.training.profiler import write_json_atomic
 
-    quiet_third_party()
     preflight(cfg)
+    quiet_third_party()
     _join_ranks(cfg)
     with mlflow_run(cfg, "baseline"):
         report = _held_out(cfg)
@@ -310,8 +310,8 @@ def evaluate(cfg: Config, model_ref: str) -> dict[str, Any]:
     from app.tracking.run import mlflow_run
     from app.training.profiler import write_json_atomic
 
-    quiet_third_party()
     preflight(cfg)
+    quiet_third_party()
     if model_ref.startswith(("models:/", "runs:/")):
         from app.tracking.registry import resolve_model_ref
 

@@ -30,7 +30,12 @@ def check_output_dir(path: Path) -> None:
 
 
 def preflight(cfg: Config) -> None:
+    """Called first thing, before torch, transformers or MLflow are imported: a bad setting costs a second."""
+    from app.tracking.run import check_reachable, is_main_process, tracking_uri
+
     check_output_dir(Path(cfg.output_dir))
+    if cfg.tracking.enabled and is_main_process():
+        check_reachable(tracking_uri(cfg))
     if cfg.model.trust_remote_code:
         console.print("[yellow]model.trust_remote_code=true: code shipped with the checkpoint's tokenizer may run "
                       "(recorded as the run's trust_remote_code tag)[/]", highlight=False)

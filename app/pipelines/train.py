@@ -163,10 +163,30 @@ def training_arguments(cfg: Config, mode: str, run_dir: Path, ds_path: Path | No
     )
 
 
+def checkpoint_complete(folder: Path) -> bool:
+    """The Trainer writes a checkpoint in place (weights, optimizer, RNG, then trainer_state.json last and not
+    atomically): complete means that last file parses and weights are there. A process killed mid-save leaves
+    a folder that fails this."""
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(state, dict) and "global_step" in state and any(folder.glob("*.safetensors"))
+
+
 def newest_checkpoint(folder: Path) -> Path | None:
-    """The newest checkpoint whose trainer state was written (the Trainer writes it last)."""
-    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    """The newest complete checkpoint; incomplete ones (a kill during their save) are removed, said once each."""
+    def step(p: Path) -> int:
+        tail = p.name.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
+
+    steps = sorted((p for p in folder.glob("checkpoint-*") if step(p) >= 0), key=step)
+    done = [p for p in steps if checkpoint_complete(p)]
+    for p in steps:
+        if p not in done:
+            console.print(f"[yellow]removing incomplete checkpoint {p} (its save was interrupted)[/]", highlight=False)
+            shutil.rmtree(p, ignore_errors=True)
+    return done[-1] if done else None
 
 
 def save_final_adapter(trainer, processor, final_dir: Path, meta: dict[str, Any]) -> Path:
@@ -229,10 +249,10 @@ def train(cfg: Config, mode: str = "qlora", deepspeed: Path | None = None, resum
     from app.quiet import quiet_third_party
     from app.tracking.run import mlflow_run
 
-    quiet_third_party()
     if mode not in MODES:
         raise UserError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
     preflight(cfg)
+    quiet_third_party()
     with mlflow_run(cfg, mode, tags={"deepspeed": str(deepspeed) if deepspeed else "none"}):
         return _train(cfg, mode, deepspeed, resume)
 

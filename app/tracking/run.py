@@ -25,7 +25,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -56,16 +58,27 @@ def tracking_uri(cfg: Config) -> str:
 
 
 def check_reachable(uri: str, timeout: float = 3.0) -> None:
-    """Fail in seconds, before any model loads, when an HTTP tracking server does not answer."""
+    """Fail in seconds, before any model loads, when an HTTP tracking server does not answer.
+
+    A TCP connect is not enough: a hung server accepts connections and never replies, and MLflow's own client
+    would then retry for minutes. Any HTTP reply (even 404 from a proxy) counts as an answer.
+    """
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme not in ("http", "https"):
         return
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    shown = redact(uri)
     try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout):
-            pass
-    except OSError as exc:
-        raise UserError(f"tracking server {uri} unreachable ({exc.strerror or exc}); set tracking.uri") from None
+        netloc = parsed.netloc.rsplit("@", 1)[-1]  # credentials are MLflow's business, not the probe's
+        probe = parsed._replace(netloc=netloc, path=parsed.path.rstrip("/") + "/health", query="", fragment="")
+        urllib.request.urlopen(probe.geturl(), timeout=timeout).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code not in (502, 503, 504):  # a gateway's "the server behind me is down" is no answer
+            return
+        raise UserError(f"tracking server {shown} unreachable (HTTP {exc.code}); set tracking.uri") from None
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        reason = getattr(reason, "strerror", None) or str(reason) or type(exc).__name__
+        raise UserError(f"tracking server {shown} unreachable ({reason}); set tracking.uri") from None
 
 
 def retry_locked(fn: Callable[..., T]) -> Callable[..., T]:

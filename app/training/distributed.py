@@ -11,10 +11,13 @@ from __future__ import annotations
 import atexit
 import os
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that need it: the pipelines import this module first thing, and a
+# run that fails its preflight (unwritable output, unreachable tracking server) should fail before torch loads.
 
 
 def rank() -> int:
@@ -35,6 +38,10 @@ def is_main() -> bool:
 
 def active() -> bool:
     """True when collectives are needed and possible: several processes and a process group."""
+    if world_size() <= 1:
+        return False
+    import torch.distributed as dist
+
     return world_size() > 1 and dist.is_available() and dist.is_initialized()
 
 
@@ -45,6 +52,9 @@ def setup(use_cuda: bool, timeout_minutes: int = 60) -> bool:
     CPU. The group is destroyed at exit (a local operation, no waiting on other ranks). Returns whether this
     call created it.
     """
+    import torch
+    import torch.distributed as dist
+
     if world_size() <= 1 or dist.is_initialized():
         return False
     if use_cuda:
@@ -56,11 +66,16 @@ def setup(use_cuda: bool, timeout_minutes: int = 60) -> bool:
 
 
 def teardown() -> None:
+    import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def _device() -> torch.device:
+    import torch
+    import torch.distributed as dist
+
     # NCCL only moves CUDA tensors; gloo only CPU ones.
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
@@ -69,6 +84,8 @@ def _device() -> torch.device:
 
 def barrier() -> None:
     if active():
+        import torch.distributed as dist
+
         dist.barrier()
 
 
@@ -76,6 +93,9 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     """Element-wise sum of `values` over all ranks (every rank gets the sums)."""
     if not active():
         return list(values)
+    import torch
+    import torch.distributed as dist
+
     t = torch.tensor(values, dtype=torch.float64, device=_device())
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.cpu().tolist()
@@ -85,6 +105,8 @@ def all_gather_objects(obj: Any) -> list[Any]:
     """Every rank's `obj` (picklable), in rank order, on every rank; `[obj]` in a single process."""
     if not active():
         return [obj]
+    import torch.distributed as dist
+
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out

@@ -1,0 +1,94 @@
+"""Tracking under stress: a server that is down or hung, and two trainings writing one fresh SQLite store."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cli_helpers import tiny_sets
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "configs" / "tiny_cpu.yaml"
+EGO = str(Path(sys.executable).parent / "ego4d-ft")
+
+
+@pytest.fixture
+def hung_server():
+    """Accepts TCP connections (the kernel's backlog does) and never answers: a wedged tracking server."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.fixture
+def down_server():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"  # nothing listens there any more
+
+
+@pytest.mark.parametrize("server", ["down_server", "hung_server"])
+def test_unreachable_tracking_server_fails_fast_before_the_model_loads(server, request, sample40, tmp_path):
+    uri = request.getfixturevalue(server)
+    models = tmp_path / "models"  # a tiny model would be built here if loading started
+    cmd = [EGO, "train", "--mode", "qlora", "--config", str(TINY),
+           *tiny_sets(sample40, models, tmp_path / "out", f"tracking.uri={uri}")]
+    started = time.perf_counter()
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ,
+                                                                                       "COLUMNS": "200"})
+    seconds = time.perf_counter() - started
+    assert res.returncode == 1
+    assert f"tracking server {uri} unreachable" in res.stderr and "Traceback" not in res.stderr
+    assert seconds < 5.0, f"took {seconds:.1f} s"
+    assert not models.exists()
+
+
+@pytest.mark.slow
+def test_two_trainings_at_once_on_one_fresh_sqlite_store(sample40, model_cache, tmp_path):
+    """Both processes create the store's tables, the experiment and the registered model at the same moment;
+    both runs must end FINISHED with every step logged. One data set carries three bad records: the run's
+    summary must count them."""
+    from mlflow import MlflowClient
+
+    records = json.loads((sample40 / "Ego4D.json").read_text())
+    bad = [{"id": "no-gpt", "video": records[0]["video"], "conversations": [{"from": "human", "value": "<image>"}]},
+           {"id": "escapes", "video": "../Ego4D.json", "conversations": records[0]["conversations"]},
+           {"id": "missing", "video": "nope.mp4", "conversations": records[0]["conversations"]}]
+    with_bad = tmp_path / "with_bad.json"
+    with_bad.write_text(json.dumps(records + bad))
+
+    store = f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "COLUMNS": "200"}
+    procs = []
+    for name, extra in (("a", [f"data.data_path={with_bad}"]), ("b", [])):
+        sets = tiny_sets(sample40, model_cache, tmp_path / name, "training.num_epochs=1", "eval.max_samples=4",
+                         *extra)
+        cmd = [EGO, "train", "--mode", "qlora", "--config", str(TINY), *sets]
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("ego4d-ft").experiment_id])
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    for run in runs:
+        assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 8  # 32 clips / batch 4
+        assert "eval/exact_match" in run.data.metrics
+        assert run.data.tags["trust_remote_code"] == "false"
+    assert sorted(r.data.tags["skipped"] for r in runs) == ["0", "3"]
+    versions = client.search_model_versions("name = 'ego4d-llava-ov-qlora'")
+    assert len(versions) >= 2 and {v.run_id for v in versions} >= {r.info.run_id for r in runs}
+
+    summary = json.loads((tmp_path / "a" / "training" / "qlora" / "training_results.json").read_text())["data"]
+    assert summary["skipped"] == {"no gpt turn": 1, "path escapes its folder": 1, "video file missing": 1}
+    assert summary["usable"] + sum(summary["skipped"].values()) == summary["total"] == len(records) + 3
