@@ -102,8 +102,9 @@ class TrainingConfig(_Section):
     save_total_limit: int = Field(2, gt=0)
     logging_steps: int = Field(1, gt=0)
     dataloader_workers: int = Field(4, ge=0)
-    # Batches each loader worker keeps ready; only used with workers. Does not change results (not hashed).
-    dataloader_prefetch: int = Field(4, gt=0)
+    # Batches each loader worker keeps ready (PyTorch's default 2 keeps the model fed: benchmarks/RESULTS.md P2).
+    # Only used with workers; does not change results (not hashed).
+    dataloader_prefetch: int = Field(2, gt=0)
     seed: int = 42
 
 
