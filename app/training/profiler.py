@@ -104,6 +104,8 @@ class Profiler:
     tokens: list[int] = field(default_factory=list)
     samples: list[int] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
+    # Data-wait seconds summed per epoch: with the frame cache, epoch 1 decodes and later epochs read.
+    epoch_data_wait: list[float] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -111,6 +113,7 @@ class Profiler:
         self.timer = RegionTimer(self.use_cuda)
         self._t0 = time.perf_counter()
         self._epoch_t0: float | None = None
+        self._epoch_first_step = 0
         self._step_tokens = 0
         self._step_samples = 0
         if self.use_cuda:
@@ -136,11 +139,14 @@ class Profiler:
 
     def epoch_begin(self) -> None:
         self._epoch_t0 = time.perf_counter()
+        self._epoch_first_step = len(self.steps[self.regions[0]])
 
     def epoch_end(self) -> None:
         if self._epoch_t0 is not None:
             self.epoch_seconds.append(time.perf_counter() - self._epoch_t0)
             self._epoch_t0 = None
+            if "data_wait" in self.steps:
+                self.epoch_data_wait.append(sum(self.steps["data_wait"][self._epoch_first_step:]))
 
     def step_end(self) -> dict[str, float]:
         """Close the step: store its regions, tokens and samples; returns this step's figures."""
@@ -186,6 +192,7 @@ class Profiler:
             "world_size": len(ranks),
             "total_wall_seconds": max(r["total_wall_seconds"] for r in ranks),
             "epoch_wall_seconds": list(self.epoch_seconds),
+            "epoch_data_wait_seconds": list(self.epoch_data_wait),
             "num_steps": len(self.steps[self.regions[0]]),
             "num_tokens": tokens,
             "num_samples": samples,
