@@ -261,9 +261,13 @@ def warm(videos: list[Path], data_cfg, workers: int = 1, on_done=None) -> dict[s
         for video in unique:
             done(_warm_one(video, data_cfg))
     else:
+        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        with ProcessPoolExecutor(max_workers=min(workers, len(unique))) as pool:
+        # spawn, not fork: the caller may be drawing a progress bar from a thread, and a forked child could
+        # inherit one of its locks held.
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(unique)), mp_context=ctx) as pool:
             for fut in as_completed([pool.submit(_warm_one, v, data_cfg) for v in unique]):
                 done(fut.result())
     if data_cfg.frame_cache_max_gb is not None:
