@@ -92,3 +92,42 @@ def test_two_trainings_at_once_on_one_fresh_sqlite_store(sample40, model_cache, 
     summary = json.loads((tmp_path / "a" / "training" / "qlora" / "training_results.json").read_text())["data"]
     assert summary["skipped"] == {"no gpt turn": 1, "path escapes its folder": 1, "video file missing": 1}
     assert summary["usable"] + sum(summary["skipped"].values()) == summary["total"] == len(records) + 3
+
+
+@pytest.mark.slow
+def test_writes_wait_out_a_locked_store(tmp_path):
+    """Another writer holds SQLite's write lock past the 20 s busy timeout MLflow sets: our writes retry, not
+    fail. (The test sleeps most of its 25 s; it uses no CPU.)"""
+    import sqlite3
+    import threading
+
+    from mlflow import MlflowClient
+
+    from app.config import Config
+    from app.tracking import log as track
+    from app.tracking.run import mlflow_run
+
+    db = tmp_path / "locked.db"
+    cfg = Config()
+    cfg.tracking.uri = f"sqlite:///{db}"
+    held = threading.Event()
+
+    def hold_lock(seconds: float) -> None:
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        held.set()
+        time.sleep(seconds)
+        conn.execute("ROLLBACK")
+        conn.close()
+
+    with mlflow_run(cfg, "baseline", log_system_metrics=False) as run:
+        locker = threading.Thread(target=hold_lock, args=(23.0,))
+        locker.start()
+        held.wait(10)
+        started = time.perf_counter()
+        track.log_summary({"eval/exact_match": 0.5})
+        waited = time.perf_counter() - started
+        locker.join()
+    assert waited > 20.0  # it really met the lock, past MLflow's busy timeout, and came through
+    finished = MlflowClient(cfg.tracking.uri).get_run(run.info.run_id)
+    assert finished.info.status == "FINISHED" and finished.data.metrics["eval/exact_match"] == 0.5
