@@ -94,6 +94,11 @@ class ProfilerCallback(TrainerCallback):
     def on_epoch_end(self, args, state, control, **kwargs):
         self.profiler.epoch_end()
 
+    def on_train_end(self, args, state, control, **kwargs):
+        flush = getattr(self.on_step, "flush", None)  # a batching tracker holds the last steps' metrics
+        if flush:
+            flush()
+
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if not self.profiler.timer.is_open("optimizer"):  # no clipping (max_grad_norm=0)
             self.profiler.timer.start("optimizer")
