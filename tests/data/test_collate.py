@@ -39,8 +39,9 @@ def processor(tiny_dir) -> LlavaOV15Processor:
 
 
 @pytest.fixture(scope="module")
-def data_cfg(sample_set) -> DataConfig:
+def data_cfg(sample_set, tmp_path_factory) -> DataConfig:
     return DataConfig(
+        frame_cache_dir=str(tmp_path_factory.mktemp("frames")),
         data_path=str(sample_set.data_path),
         video_folder=str(sample_set.video_folder),
         eval_ids_file=str(sample_set.eval_ids_path),
@@ -218,6 +219,20 @@ def test_broken_mp4_is_dropped_and_counted(records, data_cfg, processor, tmp_pat
     loader = DataLoader(dataset, batch_size=3, num_workers=1, collate_fn=loader_collator)
     (batch,) = list(loader)
     assert batch["index"].tolist() == [0, 2] and loader_collator.dropped == 1
+
+
+def test_batches_from_loader_workers_equal_in_process_batches(records, data_cfg, processor):
+    # Small tensors cross from the workers inside the pickle, pixels through shared memory: same batch either way.
+    dataset = VideoQADataset(records[:6], data_cfg, processor)
+    collator = TrainCollator(processor.tokenizer.pad_token_id)
+    local = list(DataLoader(dataset, batch_size=3, num_workers=0, collate_fn=collator))
+    workers = list(DataLoader(dataset, batch_size=3, num_workers=2, collate_fn=collator))
+    assert len(local) == len(workers) == 2
+    for a, b in zip(local, workers, strict=True):
+        assert type(b) is dict and list(a) == list(b)
+        for key in a:
+            assert a[key].dtype == b[key].dtype
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
 def test_onevision_family_collates_with_batch_dim(records, tmp_path_factory):
