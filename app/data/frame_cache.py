@@ -165,7 +165,11 @@ class FrameCache:
         for sub in os.scandir(self.root):
             if not sub.is_dir():
                 continue
-            for entry in os.scandir(sub.path):
+            try:
+                listing = list(os.scandir(sub.path))
+            except OSError:
+                continue  # removed by someone clearing the cache meanwhile
+            for entry in listing:
                 try:
                     st = entry.stat()
                 except OSError:
