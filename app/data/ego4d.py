@@ -41,7 +41,7 @@ FILTERED_OUT = "filtered out by video_ids_file"
 
 SHORT_CLIP = "clip shorter than frames asked (frames repeated)"
 AUDIO_MISSING = "audio file missing (record kept, audio unused)"
-AUDIO_UNREADABLE = "audio file unreadable (record kept, audio unused)"
+AUDIO_UNREADABLE = "audio file unreadable (record kept; ASR, if used, skips it)"
 
 
 class DataError(UserError):
@@ -263,8 +263,8 @@ def load_records(
                 try:
                     audio_probe(audio_path)
                 except Exception as exc:  # the probe's own error class names the file
+                    # Kept, not dropped: ASR must not fall back to the clip's own track behind the user's back.
                     report.note(report.warnings, AUDIO_UNREADABLE, f"{rid} ({str(exc).splitlines()[0]})")
-                    audio_path = None
         has_speech = any(SPEECH_TOKEN in t.value for t in turns)
         if has_speech and cfg.speech_strategy == "drop":
             turns = _apply_speech(turns, None)

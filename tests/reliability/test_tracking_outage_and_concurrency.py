@@ -94,8 +94,19 @@ def test_two_trainings_at_once_on_one_fresh_sqlite_store(sample40, model_cache, 
     assert summary["usable"] + sum(summary["skipped"].values()) == summary["total"] == len(records) + 3
 
 
+@pytest.fixture
+def own_store(tmp_path, tracking_store):
+    """An in-process run on its own store. mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI in os.environ,
+    which every later CLI subprocess of the session would inherit: put the session's store back afterwards."""
+    import mlflow
+
+    yield f"sqlite:///{tmp_path / 'locked.db'}"
+    mlflow.set_tracking_uri(tracking_store)
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_store
+
+
 @pytest.mark.slow
-def test_writes_wait_out_a_locked_store(tmp_path):
+def test_writes_wait_out_a_locked_store(tmp_path, own_store):
     """Another writer holds SQLite's write lock past the 20 s busy timeout MLflow sets: our writes retry, not
     fail. (The test sleeps most of its 25 s; it uses no CPU.)"""
     import sqlite3
@@ -109,7 +120,7 @@ def test_writes_wait_out_a_locked_store(tmp_path):
 
     db = tmp_path / "locked.db"
     cfg = Config()
-    cfg.tracking.uri = f"sqlite:///{db}"
+    cfg.tracking.uri = own_store
     held = threading.Event()
 
     def hold_lock(seconds: float) -> None:
