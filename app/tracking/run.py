@@ -38,6 +38,7 @@ from app.errors import UserError
 STORE_DIR = Path("mlruns")
 SECRET_WORDS = ("token", "secret", "password", "key")
 RETRY_SECONDS = 120.0
+_ANSWERED: set[str] = set()  # tracking servers that answered this process's /health probe
 T = TypeVar("T")
 
 
@@ -64,8 +65,8 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
     would then retry for minutes. Any HTTP reply (even 404 from a proxy) counts as an answer.
     """
     parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme not in ("http", "https"):
-        return
+    if parsed.scheme not in ("http", "https") or uri in _ANSWERED:
+        return  # preflight, the registry and the run all ask; one answer per process is enough
     shown = redact(uri)
     try:
         netloc = parsed.netloc.rsplit("@", 1)[-1]  # credentials are MLflow's business, not the probe's
@@ -73,12 +74,14 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
         urllib.request.urlopen(probe.geturl(), timeout=timeout).close()
     except urllib.error.HTTPError as exc:
         if exc.code not in (502, 503, 504):  # a gateway's "the server behind me is down" is no answer
+            _ANSWERED.add(uri)
             return
         raise UserError(f"tracking server {shown} unreachable (HTTP {exc.code}); set tracking.uri") from None
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
         reason = getattr(reason, "strerror", None) or str(reason) or type(exc).__name__
         raise UserError(f"tracking server {shown} unreachable ({reason}); set tracking.uri") from None
+    _ANSWERED.add(uri)
 
 
 def retry_locked(fn: Callable[..., T]) -> Callable[..., T]:
