@@ -48,6 +48,26 @@ class DataError(UserError):
     """A data file that cannot be used at all (one line, names the file)."""
 
 
+@dataclass(frozen=True)
+class SkippedRecord:
+    """One record left out, with enough to find it again: its id (None when the record has none), the file
+    it names (as resolved when known, else as written, None when absent), the reason (one of the constants
+    above, the key of `DataReport.skipped`), the split it would have had (None without an id) and an
+    optional one-line detail such as the decoder's message."""
+
+    id: str | None
+    file: str | None
+    reason: str
+    split: str | None
+    detail: str | None = None
+
+    def describe(self) -> str:
+        """One line for a console or a results table."""
+        where = f" [{self.file}]" if self.file else ""
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"{self.id or '(no id)'}{where}: {self.reason}{detail}"
+
+
 @dataclass
 class Turn:
     role: str  # "human" | "gpt"
@@ -78,6 +98,28 @@ class DataReport:
     examples: dict[str, list[str]] = field(default_factory=dict)
     unknown_ids: list[str] = field(default_factory=list)
     unknown_eval_ids: list[str] = field(default_factory=list)
+    # Every skip in full (the counter and `examples` above only summarise them).
+    skipped_records: list[SkippedRecord] = field(default_factory=list)
+
+    def skip(
+        self,
+        reason: str,
+        rid: str | None,
+        file: str | Path | None = None,
+        split: str | None = None,
+        detail: str | None = None,
+        example: str | None = None,
+    ) -> None:
+        """Count a skipped record and keep it; `example` overrides what the summary table shows for it."""
+        detail = _first_line(detail) if detail else None
+        if example is None:
+            example = f"{rid} ({detail or file})" if (detail or file) else str(rid)
+        self.note(self.skipped, reason, example)
+        self.skipped_records.append(SkippedRecord(rid, str(file) if file is not None else None, reason, split, detail))
+
+    def skipped_held_out(self) -> list[SkippedRecord]:
+        """Skipped records that belong to the held-out split: questions the evaluation cannot score."""
+        return [s for s in self.skipped_records if s.split == "eval"]
 
     def note(self, counter: Counter, reason: str, culprit: str) -> None:
         counter[reason] += 1
@@ -103,6 +145,10 @@ class DataReport:
             "warnings": dict(self.warnings),
             "unknown_ids": len(self.unknown_ids),
         }
+
+
+def _first_line(text: object) -> str:
+    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
 
 
 def read_json_list(path: Path) -> list:
@@ -212,49 +258,61 @@ def load_records(
         else {}
     )
 
+    def split_of(rid: str | None) -> str | None:
+        if rid is None:
+            return None
+        if eval_ids is not None:
+            return "eval" if rid in eval_ids else "train"
+        return "eval" if _is_eval(rid, cfg.eval_fraction) else "train"
+
     report = DataReport(total=len(raw_records))
+
+    def skip(reason: str, rid: str | None, file: object = None, detail: str | None = None, **kw: str) -> None:
+        report.skip(reason, rid, file, split_of(rid), detail, **kw)
+
     seen: set[str] = set()
     matched_keep: set[str] = set()
     items = progress(raw_records) if progress else raw_records
     for index, raw in enumerate(items):
         if not isinstance(raw, dict):
-            report.note(report.skipped, NOT_AN_OBJECT, f"#{index}")
+            skip(NOT_AN_OBJECT, None, example=f"#{index}")
             continue
         rid = raw.get("id")
         if not isinstance(rid, (str, int)) or str(rid).strip() == "":
-            report.note(report.skipped, MISSING_ID, f"#{index}")
+            skip(MISSING_ID, None, raw.get("video") if isinstance(raw.get("video"), str) else None,
+                 example=f"#{index}")
             continue
         rid = str(rid)
         if rid in seen:
-            report.note(report.skipped, DUPLICATE_ID, rid)
+            skip(DUPLICATE_ID, rid, example=rid)
             continue
         seen.add(rid)
         video = raw.get("video")
         if not isinstance(video, str) or not video.strip():
-            report.note(report.skipped, MISSING_VIDEO, rid)
+            skip(MISSING_VIDEO, rid)
             continue
         if keep_ids is not None:
             hit = {rid, Path(video).stem} & keep_ids
             if not hit:
-                report.note(report.skipped, FILTERED_OUT, rid)
+                skip(FILTERED_OUT, rid, video, example=rid)
                 continue
             matched_keep |= hit
         turns, reason = _parse_turns(raw.get("conversations"))
         if reason:
-            report.note(report.skipped, reason, rid)
+            skip(reason, rid, video, example=rid)
             continue
         video_path = confined(video_folder, video)
         if video_path is None:
-            report.note(report.skipped, PATH_ESCAPES, f"{rid} ({video})")
+            skip(PATH_ESCAPES, rid, video)
             continue
         if not video_path.is_file():
-            report.note(report.skipped, VIDEO_NOT_FOUND, f"{rid} ({video_path})")
+            skip(VIDEO_NOT_FOUND, rid, video_path)
             continue
         audio_path = None
         if isinstance(raw.get("audio"), str) and raw["audio"].strip():
             audio_path = confined(audio_folder, raw["audio"])
             if audio_path is None:
-                report.note(report.skipped, PATH_ESCAPES, f"{rid} ({raw['audio']})")
+                skip(PATH_ESCAPES, rid, raw["audio"])
                 continue
             if not audio_path.is_file():
                 report.note(report.warnings, AUDIO_MISSING, f"{rid} ({audio_path})")
@@ -271,22 +329,18 @@ def load_records(
         elif has_speech and rid in transcripts:
             turns = _apply_speech(turns, transcripts[rid])
         elif has_speech and not cfg.asr_model:
-            report.note(report.skipped, NO_TRANSCRIPT, rid)
+            skip(NO_TRANSCRIPT, rid, video_path, example=rid)
             continue
         # else: <speech> stays until app.data.speech transcribes it with the ASR model.
         if probe is not None:
             try:
                 frames = probe(video_path)
             except Exception as exc:  # the probe's own error class names the file
-                report.note(report.skipped, UNDECODABLE, f"{rid} ({str(exc).splitlines()[0]})")
+                skip(UNDECODABLE, rid, video_path, str(exc))
                 continue
             if frames < cfg.num_frames:
                 report.note(report.warnings, SHORT_CLIP, rid)
-        if eval_ids is not None:
-            split = "eval" if rid in eval_ids else "train"
-        else:
-            split = "eval" if _is_eval(rid, cfg.eval_fraction) else "train"
-        report.records.append(Record(rid, video_path, turns, audio_path, split))
+        report.records.append(Record(rid, video_path, turns, audio_path, split_of(rid) or "train"))
 
     if keep_ids is not None:
         report.unknown_ids = sorted(keep_ids - matched_keep)

@@ -40,7 +40,7 @@ def transcribe_speech(
         try:
             wave = load_audio(record.audio or record.video, sr=sr)
         except AudioError as exc:
-            report.note(report.skipped, ASR_FAILED, f"{record.id} ({exc})")
+            report.skip(ASR_FAILED, record.id, record.audio or record.video, record.split, str(exc))
             dropped.add(i)
             continue
         text = asr({"raw": wave, "sampling_rate": sr})["text"].strip()

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,35 @@ def test_each_bad_record_is_a_counted_skip_with_its_reason(folder):
     assert report.total == len(records)
     assert sum(report.skipped.values()) + len(report.records) == report.total  # nothing lost silently
     assert any("dotdot" in e for e in report.examples[ego4d.PATH_ESCAPES])
+    # Every skip is kept in full, not only the three examples per reason.
+    kept = report.skipped_records
+    assert len(kept) == sum(report.skipped.values())
+    assert Counter(s.reason for s in kept) == report.skipped
+    escapes = {s.id: s.file for s in kept if s.reason == ego4d.PATH_ESCAPES}
+    assert escapes == {"dotdot": "../outside.mp4", "absolute": str(outside), "symlink": "link.mp4"}
+    missing = next(s for s in kept if s.reason == ego4d.VIDEO_NOT_FOUND)
+    assert (missing.id, missing.file, missing.split) == ("missing", str(folder / "videos" / "nope.mp4"), "train")
+    no_object = next(s for s in kept if s.reason == ego4d.NOT_AN_OBJECT)
+    assert (no_object.id, no_object.file, no_object.split) == (None, None, None)
+    assert all("\n" not in s.describe() for s in kept)
+
+
+def test_skipped_held_out_records_are_listed_by_split(folder):
+    (folder / "eval.txt").write_text("gone-eval\nok-eval\n")
+    records = [_rec("ok-eval", "a.mp4"), _rec("gone-eval", "nope.mp4"), _rec("gone-train", "nope.mp4"),
+               _rec("nogpt-eval", "a.mp4", [{"from": "human", "value": "<image>\nhi"}])]
+    cfg = _write(folder, records)
+    cfg.eval_ids_file = str(folder / "eval.txt")
+    report = load_records(cfg)
+    assert {(s.id, s.split) for s in report.skipped_records} == {
+        ("gone-eval", "eval"), ("gone-train", "train"), ("nogpt-eval", "train")}
+    assert [s.id for s in report.skipped_held_out()] == ["gone-eval"]
+    # Without an ids file the held-out split is the id hash, the same rule kept records follow.
+    cfg.eval_ids_file, cfg.eval_fraction = None, 0.5
+    hashed = load_records(cfg)
+    for s in hashed.skipped_records:
+        assert s.split == ("eval" if ego4d._is_eval(s.id, 0.5) else "train")
+    assert {r.id: r.split for r in hashed.records} == {"ok-eval": "eval" if ego4d._is_eval("ok-eval", 0.5) else "train"}
 
 
 def test_undecodable_video_is_skipped_when_probing(folder):
