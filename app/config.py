@@ -64,10 +64,17 @@ class DataConfig(_Section):
     # Held-out split: ids listed in eval_ids_file, else a deterministic eval_fraction of ids.
     eval_ids_file: str | None = None
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    # Frames per clip, at the centres of equal time segments. With `fps` set instead: that many frames per
+    # second of the clip, clamped to [min_frames, max_frames] (the model authors fine-tune at 1 fps).
     num_frames: int = Field(8, gt=0)
-    frame_size: int = Field(448, gt=0)
+    fps: float | None = Field(None, gt=0)
+    min_frames: int = Field(4, gt=0)
+    max_frames: int = Field(32, gt=0)
+    # Per-frame pixel budget: each clip keeps its aspect ratio (Qwen2-VL smart_resize, sides multiples of 28).
     min_pixels: int = Field(3136, gt=0)
     max_pixels: int = Field(448 * 448, gt=0)
+    # A clip whose decodable span is below this share of its declared duration is refused as truncated.
+    min_decodable_fraction: float = Field(0.9, gt=0.0, le=1.0)
     max_seq_len: int = Field(4096, gt=0)
     speech_strategy: Literal["drop", "transcript"] = "drop"
     transcripts_file: str | None = None
@@ -85,6 +92,8 @@ class DataConfig(_Section):
             raise ValueError("data.speech_strategy=transcript needs data.transcripts_file or data.asr_model")
         if self.min_pixels > self.max_pixels:
             raise ValueError(f"data.min_pixels ({self.min_pixels}) exceeds data.max_pixels ({self.max_pixels})")
+        if self.min_frames > self.max_frames:
+            raise ValueError(f"data.min_frames ({self.min_frames}) exceeds data.max_frames ({self.max_frames})")
         return self
 
 
@@ -152,6 +161,13 @@ _NOT_HASHED = (
 )
 
 
+# Keys that existed once: a config that still sets one is told what replaced it, not just "unknown key".
+_REMOVED = {
+    "data.frame_size": "data.frame_size was removed: frames keep their aspect ratio, sized per clip within "
+                       "data.min_pixels .. data.max_pixels (e.g. max_pixels=200704 for about 448x448); delete it",
+}
+
+
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     """Walk the schema along `loc` to list the keys allowed where the bad key was found."""
     cls: Any = model
@@ -166,6 +182,8 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
 def _describe(err: dict, source: str) -> str:
     key = ".".join(str(p) for p in err["loc"])
     where = f"{source}: " if source else ""
+    if err["type"] == "extra_forbidden" and key in _REMOVED:
+        return f"{where}{_REMOVED[key]}"
     if err["type"] == "extra_forbidden":
         allowed = ", ".join(_allowed_keys(Config, err["loc"]))
         return f"{where}unknown key '{key}' (allowed here: {allowed})"

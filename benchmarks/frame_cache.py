@@ -79,7 +79,7 @@ def main() -> None:
         table.add_column(col)
     for label, (summary, px) in sets.items():
         base = [f"data.data_path={summary.data_path}", f"data.video_folder={summary.video_folder}",
-                "data.eval_ids_file=null", f"data.frame_size={px}", f"data.max_pixels={px * px}"]
+                "data.eval_ids_file=null", f"data.max_pixels={px * px}"]
         processor = load_processor(tiny, min_pixels=56 * 56, max_pixels=px * px)  # as the pipeline loads it
         rows: dict[str, list[tuple[float, float]]] = {"frames": [], "samples": []}
         for r in range(args.repeats):

@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         f"model.name_or_path={ckpt}", "model.tiny=false", f"use_cpu={device == 'cpu'}",
         "training.per_device_batch_size=1", "training.gradient_accumulation_steps=1", "training.num_epochs=1",
         "training.dataloader_workers=0", "training.save_steps=1000000", "training.warmup_ratio=0",
-        f"data.max_pixels={size * size}", f"data.num_frames={args.frames}", f"data.frame_size={size}",
+        f"data.max_pixels={size * size}", f"data.num_frames={args.frames}",
     ])
     sample = synthetic_sample(LlavaOV15Config.from_pretrained(str(ckpt)), args.frames, size)
     tokens = int(sample["input_ids"].numel()) * cfg.training.per_device_batch_size

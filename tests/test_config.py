@@ -68,7 +68,8 @@ def test_negative_epochs_rejected():
 @pytest.mark.parametrize(
     "override, words",
     [
-        ("data.fps=3", ["--set data.fps=3", "unknown key 'data.fps'", "num_frames"]),
+        ("data.fsp=3", ["--set data.fsp=3", "unknown key 'data.fsp'", "num_frames"]),
+        ("data.frame_size=448", ["data.frame_size was removed", "aspect ratio", "data.max_pixels"]),
         ("nosuch.key=1", ["unknown key 'nosuch'", "training"]),
         ("lora.r=abc", ["lora.r", "integer", "'abc'"]),
         ("model.family=llama", ["model.family", "llava_ov15", "'llama'"]),

@@ -23,9 +23,10 @@ import torch
 from torch.utils.data import Dataset
 
 from app.config import DataConfig
-from app.data.ego4d import IMAGE_TOKEN, ROLES, Record
+from app.data.ego4d import ROLES, VISION_TOKENS, Record
 from app.data.frame_cache import load_clip
-from app.data.video import VideoError
+from app.data.geometry import clip_plan
+from app.data.video import VideoError, probe_cached
 
 IGNORE_INDEX = -100
 END_OF_TURN = "<|im_end|>"
@@ -40,26 +41,33 @@ log = logging.getLogger(__name__)
 
 
 def build_messages(record: Record, upto: int | None = None) -> list[dict]:
-    """ChatML messages for the processor's template; ``upto=k`` stops before the k-th (0-based) gpt turn."""
+    """ChatML messages for the processor's template; ``upto=k`` stops before the k-th (0-based) gpt turn.
+
+    ``record.system`` (when set) is the first, system message. The video part replaces the record's one vision
+    placeholder (``<image>`` or ``<video>``) where it stands; a record without one gets the video at the start of
+    its first human turn.
+    """
     turns = record.turns
     if upto is not None:
         gpt_positions = [i for i, t in enumerate(turns) if t.role == "gpt"]
         if not 0 <= upto < len(gpt_positions):
             raise ValueError(f"record {record.id}: gpt turn {upto} asked, it has {len(gpt_positions)}")
         turns = turns[: gpt_positions[upto]]
-    if any(IMAGE_TOKEN in t.value for t in record.turns if t.role != "human"):
-        raise ValueError(f"record {record.id}: {IMAGE_TOKEN} in a gpt turn; the video can only go in a human turn")
-    # The video goes where <image> is; a record without the tag gets it at the start of its first human turn.
-    tagged = next((i for i, t in enumerate(record.turns) if IMAGE_TOKEN in t.value), None)
+    tags = [(i, tag) for i, t in enumerate(record.turns) for tag in VISION_TOKENS for _ in range(t.value.count(tag))]
+    if len(tags) > 1:
+        raise ValueError(f"record {record.id}: {len(tags)} vision placeholders; a record has one video")
+    if any(record.turns[i].role != "human" for i, _ in tags):
+        raise ValueError(f"record {record.id}: {tags[0][1]} in a gpt turn; the video can only go in a human turn")
+    tagged, tag = tags[0] if tags else (None, None)
     video_turn = tagged if tagged is not None else next(i for i, t in enumerate(record.turns) if t.role == "human")
 
-    messages: list[dict] = []
+    messages: list[dict] = [{"role": "system", "content": record.system}] if record.system else []
     for i, turn in enumerate(turns):
         role = ROLES[turn.role]
         if i != video_turn:
             messages.append({"role": role, "content": turn.value})
             continue
-        before, _, after = turn.value.partition(IMAGE_TOKEN) if tagged is not None else ("", "", turn.value)
+        before, _, after = turn.value.partition(tag) if tag is not None else ("", "", turn.value)
         # Only the newlines that separate the tag from the text go: the template places the video itself.
         before, after = before.rstrip("\n"), after.lstrip("\n")
         parts: list[dict] = [{"type": "text", "text": before}] if before else []
@@ -164,14 +172,28 @@ def sequence_length(record: Record, processor: Any, num_frames: int, frame_hw: t
     return len(ids) - 1 + video_token_count(processor, num_frames, frame_hw)
 
 
+def clip_frames_and_size(record: Record, data_cfg: DataConfig) -> tuple[int, tuple[int, int]]:
+    """(frames, (height, width)) the record's clip is decoded to; probes the clip when the record lacks it."""
+    info = getattr(record, "info", None) or probe_cached(record.video, data_cfg.min_decodable_fraction)
+    return clip_plan(info, data_cfg)
+
+
 def filter_too_long(
     records: Sequence[Record], processor: Any, data_cfg: DataConfig
 ) -> tuple[list[Record], list[tuple[str, int]]]:
-    """Records that fit ``data_cfg.max_seq_len``, and (id, length) of those that do not (never truncated)."""
-    hw = (data_cfg.frame_size, data_cfg.frame_size)  # what sample_frames(size=...) hands the processor
+    """Records that fit ``data_cfg.max_seq_len``, and (id, length) of those that do not (never truncated).
+
+    Lengths follow each clip's own geometry (a 16:9 clip and a portrait one give different token counts).
+    A clip that cannot be probed is kept: the dataset drops it at decode time, counted there.
+    """
     kept, skipped = [], []
     for record in records:
-        length = sequence_length(record, processor, data_cfg.num_frames, hw)
+        try:
+            num_frames, hw = clip_frames_and_size(record, data_cfg)
+        except VideoError:
+            kept.append(record)
+            continue
+        length = sequence_length(record, processor, num_frames, hw)
         if length > data_cfg.max_seq_len:
             skipped.append((record.id, length))
         else:
@@ -194,7 +216,7 @@ class VideoQADataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any] | None:
         record = self.records[i]
         try:
-            frames = load_clip(record.video, self.data_cfg)
+            frames = load_clip(record.video, self.data_cfg, getattr(record, "info", None))
         except VideoError as exc:
             log.warning("skipping record %s: %s", record.id, exc)
             return None

@@ -1,45 +1,63 @@
 """Ego4D-format records: parsing, validation, filters and the train/held-out split.
 
-A record is `{id, video, audio?, conversations: [{from: human|gpt, value, type?}]}`. `<image>` marks
-where the video goes, `<speech>` where the spoken input goes. A bad file is a one-line `DataError`;
-a bad record is a counted skip with a reason, so nothing is ever dropped silently.
+A record is `{id, video, audio?, system_prompt?, conversations: [{from: human|gpt, value, type?}]}`.
+`<image>` or `<video>` marks where the video goes (once, in the first human turn), `<speech>` where the
+spoken input goes. The peer format that lmms-finetune users bring is read as well: no `id` (one is derived
+from the video path and counted as a warning), `video` as a one-element list, `system_prompt` as the system
+turn. File names match after Unicode normalisation (macOS writes NFD, most JSON holds NFC). A bad file is a
+one-line `DataError`; a bad record is a counted skip with a reason, kept in full in `DataReport.skipped_records`,
+so nothing is ever dropped silently.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
 
 from app.config import DataConfig
+from app.data.geometry import clip_plan
+from app.data.video import VideoInfo
 from app.errors import UserError
 
 IMAGE_TOKEN = "<image>"
+VIDEO_TOKEN = "<video>"
+VISION_TOKENS = (IMAGE_TOKEN, VIDEO_TOKEN)  # either marks where the record's one video goes
 SPEECH_TOKEN = "<speech>"
 ROLES = {"human": "user", "gpt": "assistant"}
 
 # Skip reasons (shown by `data validate` and in run summaries). Kept as constants so tests,
 # reports and the validator agree on the words.
 NOT_AN_OBJECT = "record is not a JSON object"
-MISSING_ID = "missing or empty id"
+MISSING_ID = "empty or invalid id"
 DUPLICATE_ID = "duplicate id"
 MISSING_VIDEO = "missing video field"
+SEVERAL_VIDEOS = "several videos in one record (not supported)"
+IMAGE_FIELD = "image field (still images not supported)"
+BAD_SYSTEM_PROMPT = "system_prompt is not a string"
 MISSING_CONVERSATIONS = "missing or empty conversations"
 BAD_TURN = "malformed turn (needs from/value strings)"
 UNKNOWN_ROLE = "unknown role in conversations"
 NO_GPT_TURN = "no gpt turn"
-MULTIPLE_IMAGE = "<image> more than once"
-IMAGE_NOT_FIRST = "<image> outside the first human turn"
+MULTIPLE_IMAGE = "<image>/<video> more than once"
+BOTH_PLACEHOLDERS = "both <image> and <video> (one video per record)"
+IMAGE_NOT_FIRST = "<image>/<video> outside the first human turn"
 PATH_ESCAPES = "path escapes its folder"
 VIDEO_NOT_FOUND = "video file missing"
 UNDECODABLE = "undecodable video"
+TRUNCATED = "truncated video (decodable span short of its declared duration)"
 NO_TRANSCRIPT = "no transcript for <speech>"
 FILTERED_OUT = "filtered out by video_ids_file"
 
+DERIVED_ID = "id derived from video path"
 SHORT_CLIP = "clip shorter than frames asked (frames repeated)"
+DECODED_WITH_PYAV = "decoded with PyAV (decord cannot read it, e.g. AV1)"
 AUDIO_MISSING = "audio file missing (record kept, audio unused)"
 AUDIO_UNREADABLE = "audio file unreadable (record kept; ASR, if used, skips it)"
 
@@ -82,6 +100,8 @@ class Record:
     turns: list[Turn]
     audio: Path | None = None
     split: str = "train"
+    system: str | None = None  # the system turn (peer format's `system_prompt`); None: the template's default
+    info: VideoInfo | None = None  # the clip's probe (size, duration, decoder) when data.check_decodable is on
 
     @property
     def question_types(self) -> list[str | None]:
@@ -185,6 +205,65 @@ def confined(folder: Path, relative: str) -> Path | None:
     return target if target.is_relative_to(root) else None
 
 
+@lru_cache(maxsize=256)
+def _nfc_listing(folder: str, mtime_ns: int) -> dict[str, str]:
+    # Keyed on the folder's mtime, so a file added later is seen; one listing serves every lookup in a big folder.
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return {}
+    return {unicodedata.normalize("NFC", n): n for n in names}
+
+
+def _match_by_listing(folder: Path, relative: str) -> str | None:
+    """`relative` with each name that does not exist replaced by the entry of its folder equal to it in NFC."""
+    current, parts = folder, []
+    for part in PurePosixPath(relative).parts:
+        if part not in (".", "..") and not (current / part).exists():
+            try:
+                listing = _nfc_listing(str(current), current.stat().st_mtime_ns)
+            except OSError:
+                return None
+            part = listing.get(unicodedata.normalize("NFC", part))
+            if part is None:
+                return None
+        current = current / part
+        parts.append(part)
+    return str(PurePosixPath(*parts)) if parts else None
+
+
+def locate(folder: Path, relative: str) -> Path | None:
+    """`confined(folder, relative)`, tolerant of Unicode normalisation: when that is not a file, the NFC and NFD
+    spellings of `relative` are tried, then each name is matched by NFC against its folder's listing. Returns the
+    file found, else the path as given (missing); None when the path, or the spelling that matched, escapes."""
+    target = confined(folder, relative)
+    if target is None or target.is_file() or relative.isascii():
+        return target
+    spellings = [unicodedata.normalize(form, relative) for form in ("NFC", "NFD")]
+    for spelling in [*(s for s in spellings if s != relative), _match_by_listing(folder, relative)]:
+        if spelling is not None and (folder / spelling).is_file():
+            return confined(folder, spelling)  # another spelling must stay inside the folder just the same
+    return target
+
+
+def derive_id(video: str) -> str:
+    """An id for a record that has none: its video path as written, without the extension, in NFC
+    (`ego4d/0219ad48.mp4` -> `ego4d/0219ad48`): readable, and stable while the file's name is."""
+    path = PurePosixPath(unicodedata.normalize("NFC", video.strip()))
+    return str(path.with_suffix("")) if path.name else str(path)
+
+
+def _video_field(value: object) -> tuple[str | None, str | None]:
+    """(video path, None) or (None, skip reason); a one-element list (peer format) is that video."""
+    if isinstance(value, list):
+        if len(value) > 1:
+            return None, SEVERAL_VIDEOS
+        value = value[0] if value else None
+    if isinstance(value, str) and value.strip():
+        return value, None
+    return None, MISSING_VIDEO
+
+
 def load_transcripts(path: Path) -> dict[str, str]:
     data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     if not isinstance(data, dict):
@@ -205,10 +284,13 @@ def _parse_turns(raw: object) -> tuple[list[Turn] | None, str | None]:
         turns.append(Turn(t["from"], t["value"], str(kind) if kind is not None else None))
     if not any(t.role == "gpt" for t in turns):
         return None, NO_GPT_TURN
-    if sum(t.value.count(IMAGE_TOKEN) for t in turns) > 1:
+    counts = [sum(t.value.count(tag) for t in turns) for tag in VISION_TOKENS]
+    if all(counts):
+        return None, BOTH_PLACEHOLDERS
+    if sum(counts) > 1:
         return None, MULTIPLE_IMAGE
     first_human = next((i for i, t in enumerate(turns) if t.role == "human"), None)
-    if any(IMAGE_TOKEN in t.value for i, t in enumerate(turns) if i != first_human):
+    if any(tag in t.value for i, t in enumerate(turns) if i != first_human for tag in VISION_TOKENS):
         return None, IMAGE_NOT_FIRST
     return turns, None
 
@@ -232,13 +314,13 @@ def _is_eval(record_id: str, fraction: float) -> bool:
 
 def load_records(
     cfg: DataConfig,
-    probe: Callable[[Path], int] | None = None,
+    probe: Callable[[Path], VideoInfo] | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
     audio_probe: Callable[[Path], None] | None = None,
 ) -> DataReport:
     """Parse, filter and check every record of `cfg.data_path`.
 
-    `probe(path) -> frame count` raises on an undecodable video; None skips that (costly) check.
+    `probe(path) -> VideoInfo` raises on an undecodable or truncated video; None skips that (costly) check.
     `audio_probe(path)` raises on an unreadable audio file: a warning, the record is kept without audio.
     `transcript`-strategy records whose text comes from an ASR model are resolved later, by
     `app.data.speech`, since that needs the model.
@@ -270,6 +352,8 @@ def load_records(
     def skip(reason: str, rid: str | None, file: object = None, detail: str | None = None, **kw: str) -> None:
         report.skip(reason, rid, file, split_of(rid), detail, **kw)
 
+    # Derived ids must not take an id that a later record states explicitly.
+    explicit_ids = {str(r["id"]) for r in raw_records if isinstance(r, dict) and isinstance(r.get("id"), (str, int))}
     seen: set[str] = set()
     matched_keep: set[str] = set()
     items = progress(raw_records) if progress else raw_records
@@ -277,19 +361,37 @@ def load_records(
         if not isinstance(raw, dict):
             skip(NOT_AN_OBJECT, None, example=f"#{index}")
             continue
+        video, video_reason = _video_field(raw.get("video"))
+        several = f"{len(raw['video'])} videos" if video_reason == SEVERAL_VIDEOS else None
         rid = raw.get("id")
-        if not isinstance(rid, (str, int)) or str(rid).strip() == "":
-            skip(MISSING_ID, None, raw.get("video") if isinstance(raw.get("video"), str) else None,
-                 example=f"#{index}")
+        if rid is None:  # peer format: the video path names the record
+            if video is None:
+                skip(video_reason, None, detail=several, example=f"#{index}")
+                continue
+            base = rid = derive_id(video)
+            copy = 1
+            while rid in seen or rid in explicit_ids:
+                copy += 1
+                rid = f"{base}#{copy}"
+            report.note(report.warnings, DERIVED_ID, f"{rid} ({video})")
+        elif not isinstance(rid, (str, int)) or str(rid).strip() == "":
+            skip(MISSING_ID, None, video, example=f"#{index}")
             continue
         rid = str(rid)
         if rid in seen:
-            skip(DUPLICATE_ID, rid, example=rid)
+            skip(DUPLICATE_ID, rid, video, example=rid)
             continue
         seen.add(rid)
-        video = raw.get("video")
-        if not isinstance(video, str) or not video.strip():
-            skip(MISSING_VIDEO, rid)
+        if video is None:
+            skip(video_reason, rid, detail=several)
+            continue
+        if raw.get("image") not in (None, "", []):
+            # lmms-finetune's still image: its <image> would otherwise be read as this record's video.
+            skip(IMAGE_FIELD, rid, video, example=rid)
+            continue
+        system = raw.get("system_prompt")
+        if system is not None and not isinstance(system, str):
+            skip(BAD_SYSTEM_PROMPT, rid, video, example=rid)
             continue
         if keep_ids is not None:
             hit = {rid, Path(video).stem} & keep_ids
@@ -301,7 +403,7 @@ def load_records(
         if reason:
             skip(reason, rid, video, example=rid)
             continue
-        video_path = confined(video_folder, video)
+        video_path = locate(video_folder, video)
         if video_path is None:
             skip(PATH_ESCAPES, rid, video)
             continue
@@ -310,7 +412,7 @@ def load_records(
             continue
         audio_path = None
         if isinstance(raw.get("audio"), str) and raw["audio"].strip():
-            audio_path = confined(audio_folder, raw["audio"])
+            audio_path = locate(audio_folder, raw["audio"])
             if audio_path is None:
                 skip(PATH_ESCAPES, rid, raw["audio"])
                 continue
@@ -332,15 +434,20 @@ def load_records(
             skip(NO_TRANSCRIPT, rid, video_path, example=rid)
             continue
         # else: <speech> stays until app.data.speech transcribes it with the ASR model.
+        info = None
         if probe is not None:
             try:
-                frames = probe(video_path)
+                info = probe(video_path)
             except Exception as exc:  # the probe's own error class names the file
-                skip(UNDECODABLE, rid, video_path, str(exc))
+                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                skip(TRUNCATED if ": truncated: " in message else UNDECODABLE, rid, video_path, message)
                 continue
-            if frames < cfg.num_frames:
+            if info.num_frames < clip_plan(info, cfg)[0]:
                 report.note(report.warnings, SHORT_CLIP, rid)
-        report.records.append(Record(rid, video_path, turns, audio_path, split_of(rid) or "train"))
+            if info.decoder == "pyav":
+                report.note(report.warnings, DECODED_WITH_PYAV, rid)
+        system = system if system and system.strip() else None
+        report.records.append(Record(rid, video_path, turns, audio_path, split_of(rid) or "train", system, info))
 
     if keep_ids is not None:
         report.unknown_ids = sorted(keep_ids - matched_keep)
@@ -355,5 +462,7 @@ def fingerprint(records: list[Record]) -> str:
     for r in sorted(records, key=lambda r: r.id):
         st = r.video.stat()
         turns = [(t.role, t.value, t.type) for t in r.turns]
+        if r.system is not None:  # only then, so fingerprints of data without a system prompt stay as they were
+            turns.insert(0, ("system", r.system, None))
         h.update(json.dumps([r.id, r.split, r.video.name, st.st_size, int(st.st_mtime), turns]).encode())
     return h.hexdigest()[:16]

@@ -30,10 +30,12 @@ from typing import Literal
 
 import numpy as np
 
-from app.data.video import sample_frames
+from app.data.geometry import clip_plan
+from app.data.video import VideoError, VideoInfo, probe_cached, sample_frames
 
 # Bumped whenever what an entry holds or how it is laid out changes (sampling rule, array layout).
-FORMAT_VERSION = 1
+# 2: frames at the centres of equal *time* segments, decoded at their aspect-keeping size (was: index, square).
+FORMAT_VERSION = 2
 SUFFIX = ".npy"
 TMP_MARK = ".tmp-"
 # A temp file this old belongs to a writer that died; eviction deletes it.
@@ -122,7 +124,8 @@ class FrameCache:
         self._account(path)
         return True
 
-    def frames(self, video: Path, num_frames: int, size: tuple[int, int] | None = None) -> tuple[np.ndarray, Outcome]:
+    def frames(self, video: Path, num_frames: int, size: tuple[int, int] | None = None,
+               info: VideoInfo | None = None) -> tuple[np.ndarray, Outcome]:
         """The clip's frames (as `sample_frames` returns them) and whether they came from the cache.
 
         Raises VideoError exactly like `sample_frames`; an undecodable clip is never cached.
@@ -136,7 +139,7 @@ class FrameCache:
             if cached is not None:
                 self.stats.hits += 1
                 return cached, "hit"
-        frames = sample_frames(video, num_frames, size=size)
+        frames = sample_frames(video, num_frames, size=size, info=info)
         self.stats.misses += 1
         if key is not None and self.put(key, frames):
             return frames, "written"
@@ -228,42 +231,49 @@ def cache_for(root: str | Path, max_gb: float | None) -> FrameCache:
     return _CACHES[key]
 
 
-def load_clip(video: Path, data_cfg) -> np.ndarray:
-    """The frames training and evaluation feed the processor: ``data.num_frames`` at ``data.frame_size``,
-    from the frame cache when ``data.frame_cache`` is on. Raises VideoError like `sample_frames`."""
-    size = (data_cfg.frame_size, data_cfg.frame_size)
+def load_clip(video: Path, data_cfg, info: VideoInfo | None = None) -> np.ndarray:
+    """The frames training and evaluation feed the processor: `geometry.clip_plan` decides how many and at
+    what size, from the clip's `probe_video` facts (``info``, probed here when not given); served from the
+    frame cache when ``data.frame_cache`` is on. Raises VideoError like `sample_frames`."""
+    info = info or probe_cached(video, data_cfg.min_decodable_fraction)
+    num_frames, size = clip_plan(info, data_cfg)
     if not data_cfg.frame_cache:
-        return sample_frames(video, data_cfg.num_frames, size=size)
+        return sample_frames(video, num_frames, size=size, info=info)
     cache = cache_for(data_cfg.frame_cache_dir, data_cfg.frame_cache_max_gb)
-    return cache.frames(video, data_cfg.num_frames, size)[0]
+    return cache.frames(video, num_frames, size, info)[0]
 
 
-def _warm_one(video: Path, data_cfg) -> str:
-    from app.data.video import VideoError
-
+def _warm_one(video: Path, data_cfg) -> tuple[str, str | None]:
     cache = cache_for(data_cfg.frame_cache_dir, data_cfg.frame_cache_max_gb)
     try:
-        return cache.frames(video, data_cfg.num_frames, (data_cfg.frame_size, data_cfg.frame_size))[1]
-    except VideoError:
-        return "failed"
+        info = probe_cached(video, data_cfg.min_decodable_fraction)
+        num_frames, size = clip_plan(info, data_cfg)
+        return cache.frames(video, num_frames, size, info)[1], None
+    except VideoError as exc:
+        return "failed", str(exc).split(": ", 1)[-1] if str(exc).startswith(str(video)) else str(exc)
 
 
-def warm(videos: list[Path], data_cfg, workers: int = 1, on_done=None) -> dict[str, int]:
-    """Fill the cache for `videos` (each once); counts of "hit", "written", "decoded" (not storable), "failed".
+def warm(videos: list[Path], data_cfg, workers: int = 1, on_done=None) -> tuple[dict[str, int], dict[Path, str]]:
+    """Fill the cache for `videos` (each once): counts of "hit", "written", "decoded" (not storable), "failed",
+    and the reason each failed clip failed (path -> one line).
 
     ``workers`` > 1 decodes in that many processes; ``on_done(outcome)`` is called as each clip finishes.
     """
     counts = {"hit": 0, "written": 0, "decoded": 0, "failed": 0}
+    failures: dict[Path, str] = {}
     unique = list(dict.fromkeys(Path(v) for v in videos))
 
-    def done(outcome: str) -> None:
+    def done(video: Path, result: tuple[str, str | None]) -> None:
+        outcome, reason = result
         counts[outcome] += 1
+        if reason is not None:
+            failures[video] = reason
         if on_done:
             on_done(outcome)
 
     if workers <= 1 or len(unique) < 2:
         for video in unique:
-            done(_warm_one(video, data_cfg))
+            done(video, _warm_one(video, data_cfg))
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -272,11 +282,12 @@ def warm(videos: list[Path], data_cfg, workers: int = 1, on_done=None) -> dict[s
         # inherit one of its locks held.
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(unique)), mp_context=ctx) as pool:
-            for fut in as_completed([pool.submit(_warm_one, v, data_cfg) for v in unique]):
-                done(fut.result())
+            futures = {pool.submit(_warm_one, v, data_cfg): v for v in unique}
+            for fut in as_completed(futures):
+                done(futures[fut], fut.result())
     if data_cfg.frame_cache_max_gb is not None:
         # Worker processes kept their own size estimates; one scan here enforces the cap over all they wrote.
         cache = cache_for(data_cfg.frame_cache_dir, data_cfg.frame_cache_max_gb)
         if cache.total_bytes() > (cache.max_bytes or 0):
             cache.evict()
-    return counts
+    return counts, failures

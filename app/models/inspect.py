@@ -4,7 +4,7 @@ CLI wiring (for ``ego4d-ft model inspect [--config] [--mode qlora|lora|baseline]
 
     report = inspect_model(cfg.model.name_or_path, family=cfg.model.family, mode=mode, meta=meta,
                            num_frames=cfg.data.num_frames,
-                           frame_size=(cfg.data.frame_size, cfg.data.frame_size),
+                           frame_size=None,  # None: the budget, a square frame at max_pixels
                            min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels,
                            prompt_tokens=<text tokens of the longest sample, 0 if no data>,
                            lora_r=cfg.lora.r, train_merger=cfg.lora.train_merger,

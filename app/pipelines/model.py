@@ -33,6 +33,30 @@ def _longest_prompt_tokens(cfg: Config, path: str) -> tuple[int, str]:
     return longest, f"longest of {len(report.records)} records"
 
 
+def _data_vision_tokens(cfg: Config) -> dict | None:
+    """Vision tokens of each configured clip at its own geometry (min/mean/max), or None without data."""
+    from app.data.ego4d import DataError, load_records
+    from app.data.geometry import GRID_FACTOR, clip_plan
+    from app.data.video import VideoError, probe_cached
+
+    if cfg.model.family != "llava_ov15":
+        return None  # llava_onevision resizes every frame to one square: the budget figure is exact
+    try:
+        report = load_records(cfg.data)
+    except DataError:
+        return None
+    tokens = []
+    for video in dict.fromkeys(r.video for r in report.records):
+        try:
+            frames, (h, w) = clip_plan(probe_cached(video, cfg.data.min_decodable_fraction), cfg.data)
+        except VideoError:
+            continue
+        tokens.append(frames * (h // GRID_FACTOR) * (w // GRID_FACTOR))
+    if not tokens:
+        return None
+    return {"clips": len(tokens), "min": min(tokens), "mean": sum(tokens) / len(tokens), "max": max(tokens)}
+
+
 def inspect(cfg: Config, mode: str, meta: bool) -> dict:
     from app.models.inspect import inspect_model
 
@@ -44,7 +68,7 @@ def inspect(cfg: Config, mode: str, meta: bool) -> dict:
         mode=mode,
         meta=meta,
         num_frames=cfg.data.num_frames,
-        frame_size=(cfg.data.frame_size, cfg.data.frame_size),
+        frame_size=None,  # the budget: the most tokens a frame can take (a square frame at max_pixels)
         min_pixels=cfg.data.min_pixels,
         max_pixels=cfg.data.max_pixels,
         prompt_tokens=prompt_tokens,
@@ -61,10 +85,16 @@ def inspect(cfg: Config, mode: str, meta: bool) -> dict:
         ("total parameters", f"{report['total_params']:,}"),
         ("trainable parameters", f"{report['trainable_params']:,} ({report['trainable_percent']}%)"),
         ("Linear4bit layers", str(report["linear4bit_layers"])),
-        ("vision tokens per clip", f"{report['vision_tokens_per_clip']:,} ({report['num_frames']} frames)"),
+        ("vision tokens per clip (budget)", f"{report['vision_tokens_per_clip']:,} ({report['num_frames']} frames "
+         f"of at most {cfg.data.max_pixels:,} px)"),
         ("longest sequence (tokens)", f"{report['longest_sequence_tokens']:,} (text: {source})"),
     ]
     rows += [(f"memory: {k.removesuffix('_gib')}", f"{v} GiB") for k, v in report["memory_estimate"].items()]
+    data_tokens = _data_vision_tokens(cfg)
+    if data_tokens:
+        report["vision_tokens_data"] = data_tokens
+        spread = f"min {data_tokens['min']:,} / mean {data_tokens['mean']:,.0f} / max {data_tokens['max']:,}"
+        rows.insert(4, ("vision tokens per clip (data)", f"{spread} over {data_tokens['clips']} clips"))
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)

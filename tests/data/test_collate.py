@@ -46,7 +46,7 @@ def data_cfg(sample_set, tmp_path_factory) -> DataConfig:
         video_folder=str(sample_set.video_folder),
         eval_ids_file=str(sample_set.eval_ids_path),
         num_frames=NUM_FRAMES,
-        frame_size=FRAME_SIZE,
+        max_pixels=FRAME_SIZE * FRAME_SIZE,
         max_seq_len=4096,
     )
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
+
+from app.data.geometry import smart_resize
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -50,23 +51,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-
-def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """Target (height, width): multiples of ``factor``, area within [min_pixels, max_pixels], aspect kept."""
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"aspect ratio must be below 200, got {height}x{width}")
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
 
 
 @functools.lru_cache(maxsize=8)
@@ -162,7 +146,7 @@ class LlavaOV15ImageProcessor:
     def _patches_at_size(self, video: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
         """`_frame` + `_patchify` for a uint8 clip already at its target size, with no PIL round trip (PIL's resize
         to the same size is a copy, so the pixels are identical). The loader's frames arrive like this (decord
-        resized them to ``data.frame_size``). Patches are cut from the uint8 pixels, a quarter of the bytes to
+        resized them to their `smart_resize` size). Patches are cut from the uint8 pixels, a quarter of the bytes to
         shuffle, and a uint8 has 256 values per channel, so `_frame`'s arithmetic is computed once per value and
         looked up: same float32 results, several times less CPU per sample at 448 px."""
         rows, grid = self._patchify(video)
