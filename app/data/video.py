@@ -23,6 +23,7 @@ which is why that descriptor is redirected around every decord call.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import tempfile
@@ -152,15 +153,25 @@ def _diagnose(path: Path) -> str | None:
     return None
 
 
+def _video_stream(container):
+    """The clip's moving picture: the first video stream that is not cover art (an attached picture)."""
+    import av
+
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            return stream
+    return None
+
+
 def _container_facts(path: Path) -> dict:
     """Size, rotation, audio, codec and declared duration from PyAV (decodes the first frame for rotation)."""
     import av
 
     try:
         with av.open(str(path)) as container:
-            if not container.streams.video:
+            stream = _video_stream(container)
+            if stream is None:
                 raise VideoError(f"{path}: cannot decode video (no video stream)")
-            stream = container.streams.video[0]
             declared = None
             if stream.duration and stream.time_base:
                 declared = float(stream.duration * stream.time_base)
@@ -189,7 +200,7 @@ def _pyav_packet_times(path: Path) -> np.ndarray:
 
     times = []
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+        stream = _video_stream(container)
         base = stream.time_base
         try:
             for packet in container.demux(stream):
@@ -312,6 +323,19 @@ def _timed(frames, base) -> Iterator[tuple[float, object]]:
             yield float(frame.pts * base), frame
 
 
+def _seek(container, stream, target: float) -> tuple[Iterator[tuple[float, object]], bool]:
+    """Decoded (time, frame) from the keyframe at or before ``target``, and whether the seek landed there.
+    Some demuxers (MPEG-TS here) land after the target or nowhere: then decoding starts from the beginning."""
+    base = stream.time_base
+    container.seek(int(max(target, 0.0) / base), stream=stream, backward=True, any_frame=False)
+    frames = _timed(container.decode(stream), base)
+    first = next(frames, None)
+    if first is not None and first[0] <= target + 1e-6:
+        return itertools.chain([first], frames), True
+    container.seek(0)
+    return _timed(container.decode(stream), base), False
+
+
 # Beyond this gap to the next target, seeking beats decoding forward through the frames in between.
 _DECODE_FORWARD_SECONDS = 1.0
 
@@ -322,14 +346,13 @@ def _sample_pyav(path: Path, info: VideoInfo, times: np.ndarray, size: tuple[int
 
     out: list[np.ndarray] = []
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        base = stream.time_base
+        stream = _video_stream(container)
         frames, shown, ahead = None, None, None  # decoder position, frame on screen, the one after it
+        seekable = True  # once a seek misses, one forward pass serves every later target
         for target in times:
-            if frames is None or shown is None or target < shown[0] or target - shown[0] > _DECODE_FORWARD_SECONDS:
-                container.seek(int(max(target, 0.0) / base), stream=stream, backward=True, any_frame=False)
-                frames, shown, ahead = _timed(container.decode(stream), base), None, None
+            far = shown is None or target < shown[0] or target - shown[0] > _DECODE_FORWARD_SECONDS
+            if frames is None or (seekable and far):
+                (frames, seekable), shown, ahead = _seek(container, stream, target), None, None
             while True:
                 if ahead is None:
                     ahead = next(frames, None)
