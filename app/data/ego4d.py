@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -168,7 +169,10 @@ class DataReport:
 
 
 def _first_line(text: object) -> str:
-    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+    """One line for a report: the first non-blank line, without native log prefixes (`[hh:mm:ss] src/x.cc:NN:`)
+    that a decoder's exception text may carry, so whatever the source, the user reads words, not build paths."""
+    line = next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+    return re.sub(r"(?:\[[\d:]+\]\s*)?\S+\.(?:cc|cpp|c|h):\d+:\s*", "", line).strip()
 
 
 def read_json_list(path: Path) -> list:
@@ -424,7 +428,7 @@ def load_records(
                     audio_probe(audio_path)
                 except Exception as exc:  # the probe's own error class names the file
                     # Kept, not dropped: ASR must not fall back to the clip's own track behind the user's back.
-                    report.note(report.warnings, AUDIO_UNREADABLE, f"{rid} ({str(exc).splitlines()[0]})")
+                    report.note(report.warnings, AUDIO_UNREADABLE, f"{rid} ({_first_line(exc)})")
         has_speech = any(SPEECH_TOKEN in t.value for t in turns)
         if has_speech and cfg.speech_strategy == "drop":
             turns = _apply_speech(turns, None)

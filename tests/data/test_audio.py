@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
+from media_helpers import write_audio_only_mp4
 
-from app.data.audio import AudioError, load_audio
+from app.data.audio import AudioError, load_audio, probe_audio
 from app.data.synthetic import SampleSummary
 
 
@@ -71,3 +74,65 @@ def test_unusable_audio_raises_one_line_error(bad_files: dict[str, Path], name: 
 def test_missing_audio_raises(tmp_path: Path) -> None:
     with pytest.raises(AudioError, match="gone.wav: file not found"):
         load_audio(tmp_path / "gone.wav")
+
+
+def _write_av(path: Path, container_format: str, video_codec: str, audio_codec: str, seconds: float) -> None:
+    """A small clip in `container_format` with a 440 Hz mono track in `audio_codec`."""
+    from app.data.synthetic import tone
+
+    sr, fps = 16000, 8
+    pcm = tone(440.0, seconds, sr)
+    with av.open(str(path), mode="w", format=container_format) as container:
+        vstream = container.add_stream(video_codec, rate=fps)
+        vstream.width = vstream.height = 32
+        vstream.pix_fmt = "yuv420p"
+        astream = container.add_stream(audio_codec, rate=sr, layout="mono")
+        sample_format = "s16" if audio_codec == "pcm_s16le" else "fltp"
+        astream.codec_context.format = sample_format
+        for i in range(int(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 10 * i, dtype=np.uint8), format="rgb24")
+            container.mux(vstream.encode(frame))
+        container.mux(vstream.encode(None))
+        step = astream.codec_context.frame_size or 1024
+        for pts in range(0, len(pcm), step):
+            chunk = pcm[None, pts : pts + step]
+            if sample_format == "s16":
+                chunk = (chunk * 32767).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format=sample_format, layout="mono")
+            frame.sample_rate, frame.pts = sr, pts
+            container.mux(astream.encode(frame))
+        container.mux(astream.encode(None))
+
+
+@pytest.mark.parametrize(
+    "name, container_format, video_codec, audio_codec",
+    [
+        ("clip.avi", "avi", "mpeg4", "libmp3lame"),
+        ("pcm.avi", "avi", "mpeg4", "pcm_s16le"),
+        ("clip.m4v", "ipod", "libx264", "aac"),
+    ],
+)
+def test_audio_from_any_container_pyav_opens(
+    tmp_path: Path, name: str, container_format: str, video_codec: str, audio_codec: str
+) -> None:
+    path = tmp_path / name
+    _write_av(path, container_format, video_codec, audio_codec, seconds=1.5)
+    probe_audio(path)  # what `data validate` checks must agree with what ASR then loads
+    _check_audio(load_audio(path), 1.5)
+
+
+def test_audio_file_named_wrongly_is_read_by_content(tmp_path: Path) -> None:
+    # An AAC track saved as ".mp3": soundfile refuses it, FFmpeg reads it by its content.
+    path = tmp_path / "voice.mp3"
+    write_audio_only_mp4(path, seconds=1.0)
+    probe_audio(path)
+    _check_audio(load_audio(path), 1.0)
+
+
+def test_unreadable_audio_keeps_native_output_off_the_terminal(bad_files: dict[str, Path], capfd) -> None:
+    for name in ("garbage_mp3", "text_wav", "truncated", "text", "no_audio"):
+        with pytest.raises(AudioError):
+            load_audio(bad_files[name])
+        with contextlib.suppress(AudioError):
+            probe_audio(bad_files[name])
+    assert capfd.readouterr().err == ""

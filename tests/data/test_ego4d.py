@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def test_each_bad_record_is_a_counted_skip_with_its_reason(folder):
     records = [
         _rec("ok", "a.mp4"),
         "not a dict",
-        {"video": "a.mp4", "conversations": _rec()["conversations"]},
+        {"id": " ", "video": "a.mp4", "conversations": _rec()["conversations"]},  # no id at all derives one
         _rec("ok", "b.mp4"),  # duplicate id
         {"id": "novideo", "conversations": _rec()["conversations"]},
         _rec("noconv", "a.mp4", convs=[]) | {"conversations": []},
@@ -127,7 +128,7 @@ def test_undecodable_video_is_skipped_when_probing(folder):
     cfg = _write(folder, [_rec("a", "a.mp4"), _rec("t", "text.mp4"), _rec("e", "empty.mp4")])
     from app.data.video import probe_video
 
-    report = load_records(cfg, probe=lambda p: probe_video(p).num_frames)
+    report = load_records(cfg, probe=probe_video)
     assert [r.id for r in report.records] == ["a"]
     assert report.skipped[ego4d.UNDECODABLE] == 2
     assert all("\n" not in e for e in report.examples[ego4d.UNDECODABLE])
@@ -209,3 +210,40 @@ def test_missing_data_file_and_folder(tmp_path):
     (tmp_path / "x.json").write_text("[]")
     with pytest.raises(DataError, match="video folder not found"):
         load_records(DataConfig(data_path=str(tmp_path / "x.json"), video_folder=str(tmp_path / "nope")))
+
+
+def test_file_names_match_after_unicode_normalisation(folder):
+    def nfc(s: str) -> str:
+        return unicodedata.normalize("NFC", s)
+
+    def nfd(s: str) -> str:
+        return unicodedata.normalize("NFD", s)
+
+    videos, clip = folder / "videos", folder / "videos" / "a.mp4"
+    assert nfc("café.mp4") != nfd("café.mp4")
+    shutil.copy(clip, videos / nfd("café.mp4"))  # as macOS writes it
+    shutil.copy(clip, videos / nfc("crème.mp4"))
+    (videos / nfd("Küche")).mkdir()  # a folder in one form, the file inside in the other
+    shutil.copy(clip, videos / nfd("Küche") / nfc("Tür.mp4"))
+    (folder / nfd("Straße-ö.wav")).write_bytes(b"RIFF")
+    (folder / "outside").mkdir()
+    shutil.copy(clip, folder / "outside" / nfd("fuß.mp4"))
+    os.symlink(folder / "outside" / nfd("fuß.mp4"), videos / nfd("lien-é.mp4"))
+    records = [
+        _rec("nfc-record", nfc("café.mp4"), audio=nfc("Straße-ö.wav")),
+        _rec("nfd-record", nfd("crème.mp4")),
+        _rec("mixed", nfc("Küche/Tür.mp4")),
+        _rec("escape", "../outside/" + nfc("fuß.mp4")),
+        _rec("symlink-out", nfc("lien-é.mp4")),
+        _rec("absent", nfc("gâteau.mp4")),
+    ]
+    report = load_records(_write(folder, records))
+    found = {r.id: r for r in report.records}
+    assert found["nfc-record"].video == (videos / nfd("café.mp4")).resolve()
+    assert found["nfc-record"].audio == (folder / nfd("Straße-ö.wav")).resolve()
+    assert found["nfd-record"].video == (videos / nfc("crème.mp4")).resolve()
+    assert found["mixed"].video == (videos / nfd("Küche") / nfc("Tür.mp4")).resolve()
+    assert not report.warnings
+    # Another spelling never reaches outside the video folder.
+    skipped = {s.id: s.reason for s in report.skipped_records}
+    assert skipped == {"escape": ego4d.PATH_ESCAPES, "symlink-out": ego4d.PATH_ESCAPES, "absent": ego4d.VIDEO_NOT_FOUND}

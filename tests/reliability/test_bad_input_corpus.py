@@ -132,8 +132,11 @@ CASES = [
          "warning", ego4d.AUDIO_UNREADABLE, "noise.wav"),
     # --- records
     Case("record that is not an object", lambda e: _add(e, "just a string"), "skip", ego4d.NOT_AN_OBJECT, "#1"),
-    Case("record missing id", lambda e: _add(e, {"video": "good.mp4", "conversations": GOOD_TURNS}),
+    Case("record with an empty id", lambda e: _add(e, {"id": "", "video": "good.mp4", "conversations": GOOD_TURNS}),
          "skip", ego4d.MISSING_ID, "#1"),
+    # peer format (lmms-finetune): no id at all -> one derived from the video path, never taking an existing id
+    Case("record without id", lambda e: _add(e, {"video": "good.mp4", "conversations": GOOD_TURNS}),
+         "warning", ego4d.DERIVED_ID, "good#2"),
     Case("record missing video", lambda e: _add(e, {"id": "bad", "conversations": GOOD_TURNS}),
          "skip", ego4d.MISSING_VIDEO, "bad"),
     Case("record missing conversations", lambda e: _add(e, {"id": "bad", "video": "good.mp4"}),
