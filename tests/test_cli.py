@@ -105,4 +105,7 @@ def test_model_inspect_tiny_with_sample_data(data_overrides, tmp_path):
     res = run("model", "inspect", "--config", TINY, *sets, "--set", f"model.cache_dir={tmp_path}", "--mode", "qlora")
     assert res.returncode == 0, res.stderr
     assert "longest of 12 records" in res.stdout
+    # The budget (8 frames x at most 4 tokens at max_pixels 3136) and the data's own clips (56 px squares).
+    assert "vision tokens per clip (budget)" in res.stdout and "32 (8 frames of at most 3,136 px)" in res.stdout
+    assert "min 32 / mean 32 / max 32 over 12 clips" in res.stdout
     assert int(res.stdout.split("total_params=")[1].split()[0]) > 0
