@@ -108,13 +108,18 @@ def compare(
     ] = None,
     candidate: Annotated[str | None, typer.Option("--candidate", help="MLflow run id (default: latest qlora).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Report folder (default: results/report).")] = None,
+    allow_different_questions: Annotated[bool, typer.Option(
+        "--allow-different-questions",
+        help="Compare runs scored on different held-out questions (the report then carries a warning).",
+    )] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ):
     """Write the M0-vs-M1 report (markdown + html) and log it to MLflow."""
     from app.pipelines.compare import compare as run_compare
 
-    _run(run_compare, _config(config, set_), baseline_run=baseline_run, candidate_run=candidate, out=out)
+    _run(run_compare, _config(config, set_), baseline_run=baseline_run, candidate_run=candidate, out=out,
+         allow_different_questions=allow_different_questions)
 
 
 @app.command()

@@ -153,23 +153,27 @@ def evaluate_items(
     on_skip: Callable[[EvalItem, str], None],
     progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Run `items` in order, `batch_size` at a time; a clip that fails to decode skips its items (reported)."""
+    """Run `items` in order, `batch_size` at a time; a clip that fails to decode skips every one of its items,
+    each reported through `on_skip` with the decoder's reason."""
     model.eval()
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         profiler.timer.start("batch")
         profiler.timer.start("data_wait")
         frames: dict[str, Any] = {}
+        failed: dict[str, str] = {}
         ok = []
         for it in chunk:
             rid = it.record.id
-            if rid not in frames:
+            if rid not in frames and rid not in failed:
                 try:
                     frames[rid] = load_clip(it.record.video, data_cfg)
                 except VideoError as exc:
-                    frames[rid] = None
-                    on_skip(it, str(exc))
-            if frames[rid] is not None:
+                    failed[rid] = str(exc)
+            # Every question of a broken clip is reported, not only the first one met in this batch.
+            if rid in failed:
+                on_skip(it, failed[rid])
+            else:
                 ok.append(it)
         profiler.timer.stop("data_wait")
         rows = run_batch(model, processor, ok, frames, max_new_tokens, profiler) if ok else []

@@ -1,7 +1,8 @@
 """`compare`: the M0 baseline run against the M1 fine-tuned run, as a report and as a tracked run.
 
-Recipe: find the two runs (defaults: the newest FINISHED `baseline` and `qlora` runs) → fetch their metrics
-and profiling artifacts → write report.md + report.html → print the table → log the report to MLflow.
+Recipe: find the two runs (defaults: the newest FINISHED `baseline` and `qlora` runs) → check they were scored
+on the same held-out questions (refuse unless `allow_different_questions`) → fetch their metrics and
+profiling artifacts → write report.md + report.html → print the table → log the report to MLflow.
 """
 
 from __future__ import annotations
@@ -70,11 +71,18 @@ def _summary(client, run, uri: str):
 
 
 def compare(cfg: Config, baseline_run: str | None = None, candidate_run: str | None = None,
-            out: Path | None = None) -> dict[str, Any]:
+            out: Path | None = None, allow_different_questions: bool = False) -> dict[str, Any]:
     import mlflow
+    from rich.markup import escape
 
     from app.quiet import quiet_third_party
     from app.report.compare import comparison_rows, print_table, write_report
+    from app.report.questions import (
+        different_questions_error,
+        question_check,
+        question_warnings,
+        same_questions_line,
+    )
     from app.tracking.run import check_reachable, mlflow_run, tracking_uri
 
     quiet_third_party()
@@ -88,6 +96,9 @@ def compare(cfg: Config, baseline_run: str | None = None, candidate_run: str | N
     m0_run = _find_run(client, experiment.experiment_id, baseline_run, "baseline")
     m1_run = _find_run(client, experiment.experiment_id, candidate_run, "qlora")
     m0, m1 = _summary(client, m0_run, uri), _summary(client, m1_run, uri)
+    check = question_check(m0, m1)
+    if check["same"] is False and not allow_different_questions:
+        raise UserError(different_questions_error(m0, m1))
     trained = _artifact_json(client, m1_run.info.run_id, "training_results.json") or {}
     losses = [(r["step"], r["loss"]) for r in trained.get("step_losses", [])]
 
@@ -95,19 +106,23 @@ def compare(cfg: Config, baseline_run: str | None = None, candidate_run: str | N
     md, page = write_report(m0, m1, out, loss_curve=losses or None)
     rows = comparison_rows(m0, m1)
     print_table(rows, console)
+    console.print(same_questions_line(check), highlight=False)
+    for warning in question_warnings(m0, m1):  # word for word what the report says
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     for label, run in (("M0", m0), ("M1", m1)):
         accs = ", ".join(f"{t} {a:.3f}" for t, a in sorted(run.accuracy_by_type.items())) or "n/a"
         console.print(f"{label} ({run.mode}) held-out accuracy by question type: {accs}", highlight=False)
     console.print(f"report: {md} and {page}", highlight=False)
 
-    with mlflow_run(cfg, "compare", tags={"baseline_run": m0.run_id, "candidate_run": m1.run_id},
-                    log_system_metrics=False):
+    same = {True: "yes", False: "no", None: "unknown"}[check["same"]]
+    with mlflow_run(cfg, "compare", tags={"baseline_run": m0.run_id, "candidate_run": m1.run_id,
+                                          "same_questions": same}, log_system_metrics=False):
         if mlflow.active_run() is not None:
             mlflow.log_artifacts(str(out), artifact_path="report")
             mlflow.log_metrics({f"delta/{r['metric']}".replace("[", "/").replace("]", ""): r["delta"]
                                 for r in rows if isinstance(r.get("delta"), (int, float))})
     return {"report_md": str(md), "report_html": str(page), "rows": rows, "baseline_run": m0.run_id,
-            "candidate_run": m1.run_id}
+            "candidate_run": m1.run_id, "same_questions": same}
 
 
 def ui(cfg: Config, port: int) -> None:

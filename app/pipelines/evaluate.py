@@ -3,8 +3,12 @@
 Recipe: config → data (held-out split) → model (base, or base + adapter) → batched generation + teacher-
 forced scoring → metrics → files. Files (under output_dir):
   baseline:  training/baseline/baseline_results.json, training/baseline/predictions.jsonl,
-             profiling/baseline_profiling.json
-  evaluate:  {run folder of the adapter}/evaluate_results.json (+ predictions), profiling/evaluate_profiling.json
+             training/baseline/skipped_records.json, profiling/baseline_profiling.json
+  evaluate:  {run folder of the adapter}/evaluate_results.json (+ predictions, evaluate_skipped_records.json),
+             profiling/evaluate_profiling.json
+Nothing is lost silently: the data report is printed, every held-out question is scored or listed in the
+results' `skipped` with its reason (refused while loading, or undecodable during evaluation), and the run is
+tagged with the skip counts and the hash of the scored questions (`compare` checks it).
 Resumable: predictions are appended per batch to a hidden log; a rerun with the same model, config and data
 continues after the last complete batch and writes the same results file as an uninterrupted run. Results
 files hold no timings (those are in the profiling JSON), so they are reproducible byte for byte.
@@ -124,13 +128,17 @@ def _write_atomic(path: Path, text: str) -> None:
 
 # --- evaluation ------------------------------------------------------------------------------------------------------
 def run_evaluation(
-    cfg: Config, model, processor, records, model_ref: str, out_dir: Path, name: str, mode: str
+    cfg: Config, model, processor, records, model_ref: str, out_dir: Path, name: str, mode: str,
+    load_skips: list[dict] | None = None,
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """Evaluate `records` (held-out) and write `{name}_results.json` + `{name}_predictions.jsonl` in out_dir.
 
+    `load_skips` are the held-out records refused while loading (`questions.loading_skips`): they count in
+    `num_questions` and are listed in `skipped`, so the results say what the evaluation could not see.
     A collective under torchrun: every rank calls it; results are None off rank 0, the cost is global on all.
     """
     from app.evaluation.generate import EVAL_REGIONS, eval_items, evaluate_items
+    from app.evaluation.questions import summary_line, video_error_reason
     from app.training.profiler import Profiler
 
     items = eval_items(records)
@@ -155,7 +163,8 @@ def run_evaluation(
     pending_skips: list[dict] = []
 
     def on_skip(item, reason: str) -> None:
-        pending_skips.append({"key": item.key, "id": item.record.id, "skipped": reason})
+        pending_skips.append({"key": item.key, "id": item.record.id, "file": str(item.record.video),
+                              "skipped": video_error_reason(reason, item.record.video)})
 
     with log.open("a", encoding="utf-8") as f, Progress(
         TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
@@ -188,8 +197,10 @@ def run_evaluation(
     results = None
     if distributed.is_main():
         by_key = {row["key"]: row for share in shares for row in share["rows"]}
-        results = _write_results(cfg, items, by_key, model_ref, out_dir, name, mode)
+        results = _write_results(cfg, items, by_key, model_ref, out_dir, name, mode, load_skips or [],
+                                 len(records))
         _print_summary(name, results["metrics"], cost)
+        console.print(summary_line(results), highlight=False, soft_wrap=True)
     # The logs go only once the results exist: a rank 0 that dies while writing leaves every shard resumable.
     distributed.barrier()
     log.unlink(missing_ok=True)
@@ -197,9 +208,11 @@ def run_evaluation(
 
 
 def _write_results(
-    cfg: Config, items, by_key: dict[str, dict], model_ref: str, out_dir: Path, name: str, mode: str
+    cfg: Config, items, by_key: dict[str, dict], model_ref: str, out_dir: Path, name: str, mode: str,
+    load_skips: list[dict], num_records: int,
 ) -> dict[str, Any]:
     from app.evaluation.metrics import aggregate, item_metrics
+    from app.evaluation.questions import account
 
     ordered = [by_key[it.key] for it in items]
     answered = [r for r in ordered if "prediction" in r]
@@ -213,15 +226,8 @@ def _write_results(
         preds=[r["prediction"] for r in per_item],
         refs=[r["reference"] for r in per_item],
     )
-    results = {
-        "mode": mode,
-        "model": model_ref,
-        "num_questions": len(items),
-        "num_answered": len(answered),
-        "skipped": [{"id": r["id"], "reason": r["skipped"]} for r in skipped],
-        "metrics": metrics,
-        "config_hash": cfg.config_hash(),
-    }
+    accounting = account([r["key"] for r in answered], skipped, load_skips, num_records, len(items))
+    results = {"mode": mode, "model": model_ref, **accounting, "metrics": metrics, "config_hash": cfg.config_hash()}
     _write_atomic(out_dir / f"{name}_predictions.jsonl", "".join(json.dumps(r) + "\n" for r in per_item))
     _write_atomic(out_dir / f"{name}_results.json", json.dumps(results, indent=2) + "\n")
     return results
@@ -246,9 +252,9 @@ def _print_summary(name: str, metrics: dict, cost: dict) -> None:
 
 
 def _held_out(cfg: Config):
-    from app.pipelines.data import load_data
+    from app.pipelines.data import load_and_report
 
-    report = load_data(cfg)
+    report = load_and_report(cfg)
     if not report.eval:
         raise UserError(
             f"{cfg.data.data_path}: no held-out records (set data.eval_ids_file or data.eval_fraction > 0)"
@@ -268,14 +274,42 @@ def _track_evaluation(results: dict, cost: dict, files: list[Path], predictions:
     from app.tracking import log as track
 
     track.log_summary({**track.eval_metrics(results["metrics"]), **track.cost_metrics(cost, "eval_cost/")})
+    track.set_tags(track.eval_question_tags(results))
     track.log_step_figures(cost, "batch", None, "eval")
     track.log_predictions(predictions)
     track.log_files(*files)
 
 
+def evaluate_trained(cfg: Config, final_dir: Path, report, mode: str, run_dir: Path):
+    """`train`'s step 7: the adapter just saved, loaded back from disk exactly as `evaluate --model` would.
+
+    Every rank evaluates its share (a collective); results are None off rank 0.
+    """
+    import gc
+
+    import torch
+
+    # The Trainer left ZeRO-3 switched on process-wide: from_pretrained would shard the evaluation copy too.
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    from app.evaluation.questions import loading_skips
+
+    unset_hf_deepspeed_config()
+    if torch.cuda.is_available():  # free the training copy before the evaluation copy loads (slow on CPU)
+        gc.collect()
+        torch.cuda.empty_cache()
+    if not report.eval:
+        console.print("[yellow]no held-out records: the adapter was not evaluated[/]")
+        return None, {}
+    model, processor, _ = load_adapter(cfg, final_dir)
+    return run_evaluation(cfg, model, processor, report.eval, str(final_dir), run_dir, "eval", mode,
+                          loading_skips(report, cfg.data.data_path))
+
+
 def baseline(cfg: Config) -> dict[str, Any]:
     """M0: the base model, no training, on the held-out split — one MLflow run tagged `baseline`."""
     from app.data.ego4d import fingerprint
+    from app.evaluation.questions import decode_skips, loading_skips
     from app.quiet import quiet_third_party
     from app.tracking import log as track
     from app.tracking.run import mlflow_run
@@ -287,14 +321,17 @@ def baseline(cfg: Config) -> dict[str, Any]:
     with mlflow_run(cfg, "baseline"):
         report = _held_out(cfg)
         track.set_tags({"dataset_fingerprint": fingerprint(report.records)})
-        model, processor = load_base(cfg)
         out = Path(cfg.output_dir)
         folder = out / "training" / "baseline"
+        track.log_skipped(folder / "skipped_records.json", report)  # now: a crash below still leaves it
+        model, processor = load_base(cfg)
         results, cost = run_evaluation(
-            cfg, model, processor, report.eval, cfg.model.name_or_path, folder, "baseline", "baseline"
+            cfg, model, processor, report.eval, cfg.model.name_or_path, folder, "baseline", "baseline",
+            loading_skips(report, cfg.data.data_path),
         )
         if results is None:  # not rank 0: its share is in rank 0's files
             return {}
+        track.log_skipped(folder / "skipped_records.json", report, decode_skips(results))
         os.replace(folder / "baseline_predictions.jsonl", folder / "predictions.jsonl")
         profile = write_json_atomic(out / "profiling" / "baseline_profiling.json", cost)
         track.log_config(cfg.to_dict())
@@ -305,6 +342,7 @@ def baseline(cfg: Config) -> dict[str, Any]:
 def evaluate(cfg: Config, model_ref: str) -> dict[str, Any]:
     """An adapter folder, `models:/NAME/VERSION`, `models:/NAME@ALIAS` or `runs:/ID/PATH` on the held-out split."""
     from app.data.ego4d import fingerprint
+    from app.evaluation.questions import decode_skips, loading_skips
     from app.quiet import quiet_third_party
     from app.tracking import log as track
     from app.tracking.run import mlflow_run
@@ -326,12 +364,16 @@ def evaluate(cfg: Config, model_ref: str) -> dict[str, Any]:
     with mlflow_run(cfg, "evaluate", tags={"model_ref": model_ref}):
         report = _held_out(cfg)
         track.set_tags({"dataset_fingerprint": fingerprint(report.records)})
+        skipped_file = out_dir / "evaluate_skipped_records.json"  # beside train's own skipped_records.json
+        track.log_skipped(skipped_file, report)
         model, processor, meta = load_adapter(cfg, adapter)
         results, cost = run_evaluation(
-            cfg, model, processor, report.eval, model_ref, out_dir, "evaluate", meta.get("mode", "evaluate")
+            cfg, model, processor, report.eval, model_ref, out_dir, "evaluate", meta.get("mode", "evaluate"),
+            loading_skips(report, cfg.data.data_path),
         )
         if results is None:
             return {}
+        track.log_skipped(skipped_file, report, decode_skips(results))
         profile = Path(cfg.output_dir) / "profiling" / "evaluate_profiling.json"
         write_json_atomic(profile, cost)
         track.log_config(cfg.to_dict())

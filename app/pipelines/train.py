@@ -220,29 +220,6 @@ def epoch_losses(step_losses: list[tuple[int, int, float]]) -> list[dict[str, An
     return [{"epoch": e + 1, "mean_loss": sum(v) / len(v), "steps": len(v)} for e, v in sorted(by_epoch.items())]
 
 
-def _evaluate_adapter(cfg: Config, final_dir: Path, records, mode: str, run_dir: Path):
-    """Every rank evaluates its share (a collective); metrics are None off rank 0."""
-    import gc
-
-    import torch
-
-    # The Trainer left ZeRO-3 switched on process-wide: from_pretrained would shard the evaluation copy too.
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-    from app.pipelines.evaluate import load_adapter, run_evaluation
-
-    unset_hf_deepspeed_config()
-    if torch.cuda.is_available():  # free the training copy before the evaluation copy loads (slow on CPU)
-        gc.collect()
-        torch.cuda.empty_cache()
-    if not records:
-        console.print("[yellow]no held-out records: the adapter was not evaluated[/]")
-        return None, {}
-    model, processor, _ = load_adapter(cfg, final_dir)
-    results, cost = run_evaluation(cfg, model, processor, records, str(final_dir), run_dir, "eval", mode)
-    return (results or {}).get("metrics"), cost
-
-
 # --- the recipe ------------------------------------------------------------------------------------------------------
 def train(cfg: Config, mode: str = "qlora", deepspeed: Path | None = None, resume: bool = False) -> dict[str, Any]:
     """One MLflow run around the whole recipe: it ends FINISHED, FAILED, or KILLED (Ctrl-C / SIGTERM)."""
@@ -262,8 +239,10 @@ def _train(cfg: Config, mode: str, deepspeed: Path | None, resume: bool) -> dict
 
     from app.data.collate import TrainCollator, VideoQADataset, filter_too_long
     from app.data.ego4d import fingerprint
+    from app.evaluation.questions import TRAINING, decode_skips
     from app.pipelines import data as data_pipeline
-    from app.pipelines.data import load_data, print_report
+    from app.pipelines.data import load_and_report
+    from app.pipelines.evaluate import evaluate_trained
     from app.tracking import log as track
     from app.training.hooks import ProfiledTrainer, ProfilerCallback, RichProgressCallback, device_summary
     from app.training.profiler import Profiler, write_json_atomic
@@ -280,9 +259,9 @@ def _train(cfg: Config, mode: str, deepspeed: Path | None, resume: bool) -> dict
     run_dir = out / "training" / mode
 
     # 1. data
-    report = load_data(cfg)
-    print_report(report, title=str(cfg.data.data_path))
-    track.set_tags({"dataset_fingerprint": fingerprint(report.records), "skipped": sum(report.skipped.values())})
+    report = load_and_report(cfg)
+    track.set_tags({"dataset_fingerprint": fingerprint(report.records)})
+    track.log_skipped(run_dir / "skipped_records.json", report)  # now: a failed training still leaves it
     if not report.train:
         raise UserError(f"{cfg.data.data_path}: no usable training records (see the table above)")
 
@@ -333,7 +312,7 @@ def _train(cfg: Config, mode: str, deepspeed: Path | None, resume: bool) -> dict
     distributed.barrier()
     if not trainer.is_world_process_zero():
         del trainer, model
-        _evaluate_adapter(cfg, final_dir, report.eval, mode, run_dir)
+        evaluate_trained(cfg, final_dir, report, mode, run_dir)
         return {}
     epochs = epoch_losses(trainer.step_losses)
     results = {
@@ -371,15 +350,23 @@ def _train(cfg: Config, mode: str, deepspeed: Path | None, resume: bool) -> dict
 
     # 7. the adapter on the held-out split, loaded back from disk exactly as `evaluate --model` would
     del trainer, model
-    results["eval"], eval_cost = _evaluate_adapter(cfg, final_dir, report.eval, mode, run_dir)
+    evaluated, eval_cost = evaluate_trained(cfg, final_dir, report, mode, run_dir)
+    results["eval"] = (evaluated or {}).get("metrics")
+    results["eval_questions"] = {k: evaluated[k] for k in ("num_questions", "num_answered", "num_skipped",
+                                                          "questions_hash")} if evaluated else None
     results["eval_cost"] = {k: eval_cost.get(k) for k in ("total_wall_seconds", "generated_tokens_per_second",
                                                           "samples_per_second", "batch_seconds")}
     write_json_atomic(run_dir / "training_results.json", results)
     if results["eval"]:
         write_json_atomic(out / "profiling" / f"{mode}_eval_profiling.json", eval_cost)
         track.log_summary({**track.eval_metrics(results["eval"]), **track.cost_metrics(eval_cost, "eval_cost/")})
+        track.set_tags(track.eval_question_tags(evaluated))
         track.log_step_figures(eval_cost, "batch", None, "eval")
         track.log_predictions(run_dir / "eval_predictions.jsonl")
+    videos = {r.id: str(r.video) for r in report.train}
+    track.log_skipped(run_dir / "skipped_records.json", report, [
+        {"id": i, "file": videos.get(i), "reason": f"{n} tokens > data.max_seq_len={cfg.data.max_seq_len}",
+         "detail": None, "split": "train", "stage": TRAINING} for i, n in too_long] + decode_skips(evaluated or {}))
     track.log_config(cfg.to_dict())
     track.log_files(run_dir / "training_results.json", out / "profiling" / f"{mode}_profiling.json",
                     out / "profiling" / f"{mode}_eval_profiling.json", run_dir / "eval_results.json")

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.report.questions import question_check, question_rows, question_warnings, same_questions_line
+
 UNIT_METRICS = ("exact_match", "token_f1", "rouge_l", "bleu4", "anls")  # bounded in [0, 1]: one shared axis
 EVAL_METRICS = (*UNIT_METRICS, "answer_nll", "perplexity")
 LOWER_IS_BETTER = frozenset({"answer_nll", "perplexity"})  # losses; everything else is a score
@@ -150,13 +152,14 @@ def _run_table(m0: RunSummary, m1: RunSummary) -> list[tuple[str, str, str]]:
 
 
 def _warnings(m0: RunSummary, m1: RunSummary) -> list[str]:
+    out = []
     fp0, fp1 = m0.tags.get("dataset_fingerprint"), m1.tags.get("dataset_fingerprint")
     if fp0 and fp1 and fp0 != fp1:
-        return [f"Dataset fingerprints differ (M0 {fp0}, M1 {fp1}): the runs were evaluated on different data, "
-                "so this comparison is not like for like."]
-    if not (fp0 and fp1):
-        return ["A dataset fingerprint is missing, so it cannot be checked that both runs used the same data."]
-    return []
+        out.append(f"Dataset fingerprints differ (M0 {fp0}, M1 {fp1}): the runs were evaluated on different data, "
+                   "so this comparison is not like for like.")
+    elif not (fp0 and fp1):
+        out.append("A dataset fingerprint is missing, so it cannot be checked that both runs used the same data.")
+    return out + question_warnings(m0, m1)
 
 
 def _safe_url(url: str | None) -> str | None:
@@ -296,13 +299,17 @@ def _sections(m0: RunSummary, m1: RunSummary) -> dict[str, Any]:
             "metrics": _metric_cells(metric_rows), "accuracy": _metric_cells(acc_rows),
             "summary": f"M1 is better on {wins} of {len(decided)} comparable rows "
                        "(answer_nll and perplexity: lower is better).",
-            "cost": _cost_table(m0, m1), "runs": _run_table(m0, m1), "warnings": _warnings(m0, m1)}
+            "cost": _cost_table(m0, m1), "runs": _run_table(m0, m1), "warnings": _warnings(m0, m1),
+            "questions": (same_questions_line(question_check(m0, m1)), question_rows(m0, m1))}
 
 
 def _render_md(title: str, s: dict[str, Any], m0: RunSummary, m1: RunSummary, plots: dict[str, Any]) -> str:
     out = [f"# {_md(title)}", ""]
-    out += [f"> **Warning:** {_md(w)}" for w in s["warnings"]] + ([""] if s["warnings"] else [])
-    out += [s["summary"], "", "## Metrics", ""] + _md_table(s["metric_header"], s["metrics"])
+    for w in s["warnings"]:  # a blank line each: consecutive quote lines would merge into one paragraph
+        out += [f"> **Warning:** {_md(w)}", ""]
+    out += [s["summary"], "", "## Held-out questions", "", _md(s["questions"][0]), ""]
+    out += _md_table(["", "M0", "M1"], s["questions"][1])
+    out += ["## Metrics", ""] + _md_table(s["metric_header"], s["metrics"])
     out += ["## Accuracy per question type", ""]
     out += _md_table(s["metric_header"], s["accuracy"]) if s["accuracy"] else ["n/a", ""]
     out += ["## Throughput and memory", ""] + _md_table(*s["cost"])
@@ -339,7 +346,9 @@ def _html_table(header: list[str], rows: list[list[str]], winner_col: int | None
 def _render_html(title: str, s: dict[str, Any], m0: RunSummary, m1: RunSummary, plots: dict[str, Any]) -> str:
     parts = [f"<h1>{_h(title)}</h1>"]
     parts += [f'<p class="warn"><strong>Warning:</strong> {_h(w)}</p>' for w in s["warnings"]]
-    parts += [f"<p>{_h(s['summary'])}</p>", "<h2>Metrics</h2>", _html_table(s["metric_header"], s["metrics"], 4)]
+    parts += [f"<p>{_h(s['summary'])}</p>", "<h2>Held-out questions</h2>", f"<p>{_h(s['questions'][0])}</p>",
+              _html_table(["", "M0", "M1"], s["questions"][1])]
+    parts += ["<h2>Metrics</h2>", _html_table(s["metric_header"], s["metrics"], 4)]
     parts += ["<h2>Accuracy per question type</h2>",
               _html_table(s["metric_header"], s["accuracy"], 4) if s["accuracy"] else "<p>n/a</p>"]
     parts += ["<h2>Throughput and memory</h2>", _html_table(*s["cost"]), "<h2>Plots</h2>"]

@@ -173,6 +173,45 @@ def set_tags(tags: dict[str, Any]) -> None:
         retry_locked(mlflow.set_tags)({k: str(v) for k, v in tags.items()})
 
 
+SKIPPED_ARTIFACT = "data/skipped_records.json"
+
+
+def log_skipped(path: Path, report, extra: list[dict[str, Any]] | None = None) -> None:
+    """Every record the run left out: those the loader refused (`report.skipped_records`) plus `extra` (rows of
+    records skipped later, while training or evaluating). Written to `path` beside the results and logged as
+    the artifact `data/skipped_records.json`; the run is tagged `skipped` (records refused while loading) and
+    `skipped_held_out` (of those, held-out ones), so `tags.skipped_held_out != '0'` finds runs that lost
+    questions. Call it again with more `extra` as the run goes on: file and artifact are replaced."""
+    import dataclasses
+
+    import mlflow
+
+    from app.tracking.run import is_main_process
+
+    if not is_main_process():
+        return
+    rows = [{**dataclasses.asdict(s), "stage": "loading"} for s in report.skipped_records] + list(extra or [])
+    by_reason: dict[str, int] = {}
+    for row in rows:
+        by_reason[row["reason"]] = by_reason.get(row["reason"], 0) + 1
+    payload = {"total_records": report.total, "usable_records": len(report.records),
+               "skipped_by_reason": by_reason, "skipped": rows}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    set_tags({"skipped": len(report.skipped_records), "skipped_held_out": len(report.skipped_held_out())})
+    if mlflow.active_run() is not None:
+        retry_locked(mlflow.log_dict)(payload, SKIPPED_ARTIFACT)
+
+
+def eval_question_tags(results: dict[str, Any]) -> dict[str, str]:
+    """What `compare` checks: how many held-out questions were scored, which (hash), and how many were not."""
+    return {"eval_questions": str(results["num_answered"]), "eval_questions_hash": results["questions_hash"],
+            "eval_questions_skipped": str(results["num_skipped"])}
+
+
 def register(adapter_dir: Path, cfg, mode: str) -> dict[str, Any] | None:
     """Register the adapter (qlora under `tracking.registered_model`, lora under the same name + `-lora`)."""
     import mlflow

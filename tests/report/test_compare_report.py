@@ -185,3 +185,40 @@ def test_print_table(runs) -> None:
     print_table(comparison_rows(*runs), console=console)
     out = console.export_text()
     assert "perplexity" in out and "accuracy[shape]" in out and "-8.5500" in out and "M1" in out
+
+
+def _questions(run: RunSummary, scored: int, qhash: str, skipped: int = 0, held_out_records: int = 0) -> None:
+    run.tags.update({"eval_questions": str(scored), "eval_questions_hash": qhash,
+                     "eval_questions_skipped": str(skipped), "skipped_held_out": str(held_out_records)})
+
+
+def test_report_states_the_questions_and_skips_of_both_runs(runs, tmp_path: Path) -> None:
+    m0, m1 = runs
+    _questions(m0, 16, "aaaa1111", skipped=2, held_out_records=2)
+    _questions(m1, 16, "aaaa1111", skipped=2, held_out_records=1)
+    md_path, html_path = write_report(m0, m1, tmp_path)
+    md, page = md_path.read_text(), html_path.read_text()
+    assert "Held-out questions scored: M0 16, M1 16; same questions: yes." in md
+    assert "| held-out records skipped while loading | 2 | 1 |" in md
+    assert "| held-out questions skipped | 2 | 2 |" in md
+    assert "same questions: yes" in page
+    assert "<td>held-out records skipped while loading</td><td>2</td><td>1</td>" in page
+    assert "Warning" not in md and 'class="warn"' not in page
+
+
+def test_report_warns_when_questions_differ_or_cannot_be_checked(runs, tmp_path: Path) -> None:
+    from app.report.questions import different_questions_error
+
+    m0, m1 = runs
+    md = write_report(m0, m1, tmp_path / "old")[0].read_text()  # runs made before the tags existed
+    assert "same questions: unknown" in md and "cannot be checked" in md
+
+    _questions(m0, 16, "aaaa1111", skipped=2, held_out_records=2)
+    _questions(m1, 18, "bbbb2222")
+    for path in write_report(m0, m1, tmp_path / "new"):
+        text = path.read_text()
+        assert "same questions: no" in text and "scored on different held-out questions" in text
+        assert "aaaa1111" in text and "bbbb2222" in text
+    error = different_questions_error(m0, m1)
+    assert "\n" not in error and "M0 16 questions, hash aaaa1111" in error and "M1 18 questions, hash bbbb2222" in error
+    assert m0.run_id in error and m1.run_id in error and "--allow-different-questions" in error
