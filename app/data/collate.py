@@ -174,7 +174,7 @@ def sequence_length(record: Record, processor: Any, num_frames: int, frame_hw: t
 
 def clip_frames_and_size(record: Record, data_cfg: DataConfig) -> tuple[int, tuple[int, int]]:
     """(frames, (height, width)) the record's clip is decoded to; probes the clip when the record lacks it."""
-    info = getattr(record, "info", None) or probe_cached(record.video, data_cfg.min_decodable_fraction)
+    info = record.info or probe_cached(record.video, data_cfg.min_decodable_fraction)
     return clip_plan(info, data_cfg)
 
 
@@ -216,7 +216,7 @@ class VideoQADataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any] | None:
         record = self.records[i]
         try:
-            frames = load_clip(record.video, self.data_cfg, getattr(record, "info", None))
+            frames = load_clip(record.video, self.data_cfg, record.info)
         except VideoError as exc:
             log.warning("skipping record %s: %s", record.id, exc)
             return None

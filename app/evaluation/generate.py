@@ -167,7 +167,7 @@ def evaluate_items(
             rid = it.record.id
             if rid not in frames and rid not in failed:
                 try:
-                    frames[rid] = load_clip(it.record.video, data_cfg)
+                    frames[rid] = load_clip(it.record.video, data_cfg, it.record.info)
                 except VideoError as exc:
                     failed[rid] = str(exc)
             # Every question of a broken clip is reported, not only the first one met in this batch.
