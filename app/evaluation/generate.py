@@ -115,14 +115,18 @@ def run_batch(
     sbatch = _to_device(TrainCollator(pad_id, padding_side="right")(scored), device, vision_dtype)
     profiler.timer.start("score")
     labels = sbatch.pop("labels")
-    logits = model(**sbatch).logits.float()
+    out = model(**sbatch, labels=labels)
     profiler.timer.stop("score")
-    shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
-    nll = torch.nn.functional.cross_entropy(
-        shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="none"
-    )
+    shift_labels = labels[:, 1:]
     counts = (shift_labels != IGNORE_INDEX).sum(1)
-    sums = nll.sum(1)
+    if getattr(out, "token_nll", None) is not None:
+        # LLaVA-OV-1.5 ran its head on the answer tokens only and gives each one's NLL.
+        sums = out.token_nll.sum(1)
+    else:  # a family without that (llava_onevision): full-sequence logits
+        nll = torch.nn.functional.cross_entropy(
+            out.logits.float()[:, :-1].transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="none"
+        )
+        sums = nll.sum(1)
 
     profiler.count(generated, len(items))
     return [

@@ -20,6 +20,7 @@ multi-image batches.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -33,6 +34,17 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration import LlavaOV15Config, RiceViTConfig
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class SupervisedCausalLMOutput(CausalLMOutputWithPast):
+    """`CausalLMOutputWithPast` + ``token_nll``: with labels, each position's NLL of the next (labelled) token,
+    0 elsewhere, shape (batch, seq); ``logits`` then holds only the supervised rows, (N, vocab)."""
+
+    token_nll: torch.FloatTensor | None = None
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # Vision tower
@@ -255,6 +267,9 @@ class LlavaOV15ForConditionalGeneration(LlavaOV15PreTrainedModel, GenerationMixi
     """Vision features are scattered into the ``<|image_pad|>`` / ``<|video_pad|>`` positions of ``input_ids``."""
 
     _tied_weights_keys = None
+    # With labels, compute logits only at supervised positions (see `_supervised_loss`). False gives the plain
+    # full-sequence logits + transformers' loss: the reference the tests and benchmarks/head_memory.py compare to.
+    supervised_logits_only: bool = True
 
     def __init__(self, config: LlavaOV15Config) -> None:
         super().__init__(config)
@@ -357,24 +372,51 @@ class LlavaOV15ForConditionalGeneration(LlavaOV15PreTrainedModel, GenerationMixi
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
-            hidden_states = hidden_states[:, -logits_to_keep:]
-        elif isinstance(logits_to_keep, torch.Tensor):
-            hidden_states = hidden_states[:, logits_to_keep]
-        logits = self.lm_head(hidden_states)
-
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
-            )
-        return CausalLMOutputWithPast(
+        loss = token_nll = None
+        if labels is not None and self.supervised_logits_only:
+            loss, token_nll, logits = self._supervised_loss(hidden_states, labels, kwargs.get("num_items_in_batch"))
+        else:
+            if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+                hidden_states = hidden_states[:, -logits_to_keep:]
+            elif isinstance(logits_to_keep, torch.Tensor):
+                hidden_states = hidden_states[:, logits_to_keep]
+            logits = self.lm_head(hidden_states)
+            if labels is not None:
+                loss = self.loss_function(
+                    logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+                )
+        return SupervisedCausalLMOutput(
             loss=loss,
             logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            token_nll=token_nll,
         )
+
+    def _supervised_loss(
+        self, hidden_states: torch.Tensor, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """transformers' causal-LM loss, with ``lm_head`` applied only where the next token is labelled.
+
+        The loss reads the logits of position i only when token i+1 carries a label, so the head (and the fp32
+        upcast, and its gradient) runs on the answer tokens alone instead of every vision and prompt position:
+        at 16 frames x 256 tokens and a 151,936-token vocabulary that is ~1.3 GB of bf16 logits per sample not
+        made. Same reduction as ``ForCausalLMLoss``: mean over labelled tokens, or sum / ``num_items_in_batch``
+        under gradient accumulation. Returns (loss, per-position NLL (B, L) with 0 where unlabelled, the
+        supervised rows' logits (N, vocab)).
+        """
+        targets = nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+        keep = targets != IGNORE_INDEX
+        logits = self.lm_head(hidden_states[keep]).float()
+        nll = nn.functional.cross_entropy(logits, targets[keep].to(logits.device), reduction="none")
+        if num_items_in_batch is not None:
+            loss = nll.sum() / (num_items_in_batch.to(nll.device) if torch.is_tensor(num_items_in_batch)
+                                else num_items_in_batch)
+        else:
+            loss = nll.mean()  # nan on a batch without labels, as transformers' mean would be
+        token_nll = torch.zeros(keep.shape, dtype=nll.dtype, device=nll.device).masked_scatter(keep, nll.detach())
+        return loss, token_nll, logits
 
 
 def vision_tokens_for_grid(grid_thw: torch.Tensor | list, merge_size: int = 2) -> list[int]:
@@ -386,6 +428,7 @@ def vision_tokens_for_grid(grid_thw: torch.Tensor | list, merge_size: int = 2) -
 __all__ = [
     "LlavaOV15ForConditionalGeneration",
     "LlavaOV15PreTrainedModel",
+    "SupervisedCausalLMOutput",
     "RiceVisionModel",
     "vision_tokens_for_grid",
 ]
