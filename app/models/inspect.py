@@ -61,8 +61,9 @@ def build_on_meta(path: str | None = None, family: str = "llava_ov15") -> nn.Mod
         return LlavaOnevisionForConditionalGeneration(config)
 
 
-def _param_count(p: torch.Tensor) -> int:
-    state = getattr(p, "quant_state", None)  # bitsandbytes Params4bit stores 2 values per byte
+def logical_numel(p: torch.Tensor) -> int:
+    """Parameters a tensor stands for: a bitsandbytes 4-bit weight stores two per byte (its numel is half)."""
+    state = getattr(p, "quant_state", None)
     return int(math.prod(state.shape)) if state is not None else p.numel()
 
 
@@ -160,8 +161,8 @@ def inspect_model(
             model_path, family=family, mode=mode, torch_dtype=torch_dtype, compute_dtype=compute_dtype
         )
         n_4bit = count_4bit_layers(model)
-        total = sum(_param_count(p) for p in model.parameters())
-        quantized = sum(_param_count(p) for p in model.parameters() if getattr(p, "quant_state", None) is not None)
+        total = sum(logical_numel(p) for p in model.parameters())
+        quantized = sum(logical_numel(p) for p in model.parameters() if getattr(p, "quant_state", None) is not None)
         trainable = 0
         if mode != "baseline":
             model = attach_lora(model, mode, r=lora_r, alpha=2 * lora_r, train_merger=train_merger,

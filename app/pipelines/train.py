@@ -118,8 +118,10 @@ def setup_model(cfg: Config, mode: str, ds: dict | None):
         gradient_checkpointing=cfg.model.gradient_checkpointing,
         projections=cfg.lora.target_modules,
     )
+    from app.models.inspect import logical_numel
+
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    total = sum(logical_numel(p) for p in model.parameters())  # the model's parameters, not 4-bit bytes
     console.print(f"model: {cfg.model.name_or_path} ({mode}, attention {attn}); trainable {trainable:,} of {total:,}")
     del torch
     return model, processor, attn
