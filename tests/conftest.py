@@ -50,3 +50,22 @@ def sample40(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def trained_qlora(sample40: Path, model_cache: Path, tmp_path_factory) -> Path:
+    """One 1-epoch QLoRA run of the tiny twin on `sample40` (batch 4, 8 steps), shared by the tests that only read
+    what it wrote: each extra `train` subprocess costs ~25 s of the suite's 15-minute budget. Returns output_dir."""
+    import subprocess
+    import sys
+
+    from cli_helpers import tiny_sets
+
+    out = tmp_path_factory.mktemp("trained_qlora")
+    cmd = [str(Path(sys.executable).parent / "ego4d-ft"), "train", "--mode", "qlora", "--use-cpu",
+           "--config", str(REPO / "configs" / "tiny_cpu.yaml"),
+           *tiny_sets(sample40, model_cache, out, "training.num_epochs=1")]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600,
+                         env={**os.environ, "COLUMNS": "200"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    return out

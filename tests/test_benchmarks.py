@@ -28,9 +28,10 @@ def test_p6_qlora_benchmark_smoke_runs_on_cpu_with_the_tiny_twin(tmp_path, capsy
     assert "P6: QLoRA tiny" in out and "ours / plain tokens/s" in out
 
 
-def test_p7_head_memory_runs_each_variant_in_its_own_process_with_equal_losses(capsys):
-    rows = _load("head_memory").main(["--frames", "1", "--vocab", "4096", "--tokens-per-frame", "16"])
-    assert [r["variant"] for r in rows] == ["ours", "full"]
-    assert rows[0]["loss"] == rows[1]["loss"] or math.isclose(rows[0]["loss"], rows[1]["loss"], rel_tol=1e-5)
-    assert all(r["peak_bytes"] > 0 and r["seq"] == 16 + 64 for r in rows)
-    assert "P7: one training step" in capsys.readouterr().out
+def test_p7_head_memory_variants_give_the_same_loss_and_the_head_runs_on_answers_only():
+    # The benchmark runs each variant in a fresh process; its `child` step is what this checks (in-process: the
+    # two extra interpreter starts cost ~20 s of the suite's budget for no more coverage).
+    bench = _load("head_memory")
+    rows = [bench.child(v, frames=1, dtype_name="float32", vocab=4096, tokens_per_frame=16) for v in ("ours", "full")]
+    assert math.isclose(rows[0]["loss"], rows[1]["loss"], rel_tol=1e-5)
+    assert all(r["seq"] == 16 + 64 and r["peak_bytes"] > 0 and r["seconds"] > 0 for r in rows)

@@ -101,17 +101,14 @@ def test_interrupted_evaluation_resumes_to_the_same_results_file(sample40, model
 
 
 @pytest.mark.slow
-def test_evaluate_a_trained_adapter(sample40, model_cache, tmp_path):
-    res = ego("train", "--mode", "qlora", "--config", str(TINY), "--use-cpu",
-              *tiny_sets(sample40, model_cache, tmp_path, "training.num_epochs=1"))
-    assert res.returncode == 0, res.stderr[-2000:]
-    trained = json.loads((tmp_path / "training" / "qlora" / "training_results.json").read_text())
+def test_evaluate_a_trained_adapter(trained_qlora, sample40, model_cache, tmp_path):
+    trained = json.loads((trained_qlora / "training" / "qlora" / "training_results.json").read_text())
     assert trained["eval"]["num_items"] > 0 and "exact_match" in trained["eval"]
-    adapter = tmp_path / "training" / "qlora" / "final_model"
+    adapter = trained_qlora / "training" / "qlora" / "final_model"
     res = ego("evaluate", "--model", str(adapter), "--config", str(TINY), "--use-cpu",
               *tiny_sets(sample40, model_cache, tmp_path))
     assert res.returncode == 0, res.stderr[-2000:]
-    results = json.loads((tmp_path / "training" / "qlora" / "evaluate_results.json").read_text())
+    results = json.loads((trained_qlora / "training" / "qlora" / "evaluate_results.json").read_text())
     assert results["mode"] == "qlora" and results["model"] == str(adapter)
     # Same adapter, same questions: `train`'s own evaluation and `evaluate` agree.
     assert results["metrics"]["exact_match"] == trained["eval"]["exact_match"]
