@@ -230,13 +230,16 @@ def train(cfg: Config, mode: str = "qlora", deepspeed: Path | None = None, resum
 
     if mode not in MODES:
         raise UserError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
+    # A DeepSpeed JSON that cannot work is refused before any import or MLflow run: no FAILED run is left.
+    ds = read_deepspeed(deepspeed)
+    check_combination(cfg, mode, ds, deepspeed)
     preflight(cfg)
     quiet_third_party()
     with mlflow_run(cfg, mode, tags={"deepspeed": str(deepspeed) if deepspeed else "none"}):
-        return _train(cfg, mode, deepspeed, resume)
+        return _train(cfg, mode, deepspeed, ds, resume)
 
 
-def _train(cfg: Config, mode: str, deepspeed: Path | None, resume: bool) -> dict[str, Any]:
+def _train(cfg: Config, mode: str, deepspeed: Path | None, ds: dict | None, resume: bool) -> dict[str, Any]:
     from transformers import PrinterCallback
 
     from app.data.collate import TrainCollator, VideoQADataset, filter_too_long
@@ -251,8 +254,6 @@ def _train(cfg: Config, mode: str, deepspeed: Path | None, resume: bool) -> dict
 
     distributed.silence_other_ranks(console, data_pipeline.console)
     started = time.perf_counter()
-    ds = read_deepspeed(deepspeed)
-    check_combination(cfg, mode, ds, deepspeed)
     if ds is not None:
         _distributed_defaults()
         # DeepSpeed compiles a communication op on first use; keep it in the project, not in ~.

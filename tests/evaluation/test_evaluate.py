@@ -73,7 +73,7 @@ def test_batched_and_one_by_one_generation_agree(sample40, model_cache):
 
 @pytest.mark.slow
 def test_interrupted_evaluation_resumes_to_the_same_results_file(sample40, model_cache, tmp_path):
-    extra = ("data.eval_ids_file=null", "data.eval_fraction=0.9", "eval.batch_size=2", "eval.max_new_tokens=24")
+    extra = ("data.eval_ids_file=null", "data.eval_fraction=0.5", "eval.batch_size=2", "eval.max_new_tokens=24")
     whole = tmp_path / "whole"
     res = ego("baseline", "--config", str(TINY), "--use-cpu", *tiny_sets(sample40, model_cache, whole, *extra))
     assert res.returncode == 0, res.stderr[-2000:]
