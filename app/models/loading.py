@@ -7,6 +7,8 @@
 
 Families: ``llava_ov15`` (default; :mod:`app.models.llava_ov15`) and ``llava_onevision`` (transformers' SigLIP +
 Qwen2). Both return ``(model, processor)``, with a processor taking ``text`` and ``videos`` (uint8 ``(N,3,H,W)``).
+``llava_ov15`` reads checkpoints of the hub layout and of the transformers-integration layout (PR #48896) in every
+mode, with no flag (the model class renames on load), and saves the hub layout.
 
 LoRA targets the LLM's q/k/v/o/gate/up/down projections only; the merger (``visual.merger`` /
 ``model.multi_modal_projector``) is trained in full when ``train_merger`` is set (PEFT ``modules_to_save``, so it is

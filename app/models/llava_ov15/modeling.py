@@ -1,12 +1,16 @@
 """LLaVA-OneVision-1.5 on transformers 5: RICE ViT + 2x2 patch merger + transformers' own Qwen3 decoder.
 
-Module names equal the official checkpoint keys, so ``from_pretrained`` reads the published safetensors shards with
-no renaming:
+Module names equal the official (hub) checkpoint keys, so ``from_pretrained`` reads the published safetensors shards
+with no renaming:
 
 * ``visual.*``   :class:`RiceVisionModel` (``patch_embed``, ``class_embedding``, ``class_pos_emb``,
   ``pre_layernorm``, ``blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``, ``merger.{ln_q,mlp.0,mlp.2}``);
 * ``model.*``    transformers' ``Qwen3Model`` (``embed_tokens``, ``layers.N...``, ``norm``);
 * ``lm_head.*``  untied output projection.
+
+Checkpoints in the layout of the pending transformers integration (PR #48896: ``model.visual.*``,
+``model.language_model.*``, ``lm_head.*``; see :func:`checkpoint_layout_conversions`) load through the same
+``from_pretrained``, renamed on the fly; ``save_pretrained`` always writes the hub layout above.
 
 Frames and images. Every image and every video frame is its own attention segment with its own CLS token, exactly
 as a standalone image would be encoded; the CLS outputs are dropped before the merger. Segments of the same
@@ -19,15 +23,18 @@ multi-image batches.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel, Qwen3Model
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
+from transformers.core_model_loading import ConversionOps, WeightConverter, WeightRenaming, WeightTransform
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -239,6 +246,68 @@ class RiceVisionModel(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Checkpoint layouts
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class _ClassEmbeddingAsVector(ConversionOps):
+    """``nn.Embedding(1, d).weight`` of shape ``(1, d)`` -> the hub layout's 1-D ``(d,)`` parameter.
+
+    One-way: no ``reverse_op``, because this layout is only ever read (see ``_load_pretrained_model``).
+    """
+
+    def convert(
+        self, input_dict: dict[str, Any], source_patterns: list[str], target_patterns: list[str], **kwargs: Any
+    ) -> dict[str, torch.Tensor]:
+        tensors = next(iter(input_dict.values()))
+        tensor = tensors[0] if isinstance(tensors, list) else tensors
+        if tensor.dim() != 2 or tensor.shape[0] != 1:
+            raise ValueError(f"expected a (1, dim) class embedding, got shape {tuple(tensor.shape)}")
+        return {target_patterns[0]: tensor.reshape(-1)}
+
+
+INTEGRATION_KEY_PREFIXES = ("model.visual.", "model.language_model.")
+
+
+def is_integration_layout(keys: Iterable[str]) -> bool:
+    """Whether checkpoint keys are in the transformers-integration layout (hub keys never start with these)."""
+    return any(key.startswith(INTEGRATION_KEY_PREFIXES) for key in keys)
+
+
+def _checkpoint_keys(state_dict: dict | None, checkpoint_files: list[str] | None) -> Iterator[str]:
+    """Key names only: safetensors headers, so a sharded 8B checkpoint costs a few small reads."""
+    if state_dict is not None:
+        yield from state_dict
+    for file in checkpoint_files or ():
+        if str(file).endswith(".safetensors"):
+            with safe_open(str(file), "pt") as handle:
+                yield from handle.keys()
+
+
+def checkpoint_layout_conversions() -> list[WeightTransform]:
+    """Renames that read the transformers-integration layout (PR #48896) into our (hub-layout) module names.
+
+    Applied only to a checkpoint that :func:`is_integration_layout` recognises, so a hub-layout load is exactly
+    transformers' own and no flag is needed. Handled, across the PR's revisions:
+
+    * ``model.visual.*`` -> ``visual.*``, ``model.language_model.*`` -> ``model.*`` (``lm_head.*`` is shared);
+    * merger ``linear_fc1`` / ``linear_fc2`` (its conversion script's names) -> ``mlp.0`` / ``mlp.2``;
+    * ``class_embedding`` / ``class_pos_emb`` stored as ``nn.Embedding(1, ...)`` (``....weight``, shape
+      ``(1, dim)``) -> our parameters, ``(hidden,)`` and ``(1, head_dim / 2)``.
+
+    Fresh objects on every call: transformers records on them which ones matched a load.
+    """
+    return [
+        WeightRenaming(r"^model\.visual\.", "visual."),
+        WeightRenaming(r"^model\.language_model\.", "model."),
+        WeightRenaming(r"^visual\.merger\.linear_fc1\.", "visual.merger.mlp.0."),
+        WeightRenaming(r"^visual\.merger\.linear_fc2\.", "visual.merger.mlp.2."),
+        WeightRenaming(r"^visual\.class_pos_emb\.weight", "visual.class_pos_emb"),
+        WeightConverter(r"^visual\.class_embedding\.weight", "visual.class_embedding", [_ClassEmbeddingAsVector()]),
+    ]
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Full model
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -254,6 +323,28 @@ class LlavaOV15PreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False
+
+    @classmethod
+    def _load_pretrained_model(
+        cls,
+        model: PreTrainedModel,
+        state_dict: dict | None,
+        checkpoint_files: list[str] | None,
+        load_config: Any,
+        expected_keys: list[str] | None = None,
+    ) -> Any:
+        # Every load path (plain, bitsandbytes 4-bit, device_map, ZeRO-3) reads weights through this hook with the
+        # conversions in load_config. `from_pretrained(key_mapping=...)` could only rename, not reshape; registering
+        # the conversions globally would make transformers and PEFT apply them in reverse when saving.
+        if not is_integration_layout(_checkpoint_keys(state_dict, checkpoint_files)):
+            return super()._load_pretrained_model(model, state_dict, checkpoint_files, load_config, expected_keys)
+        mapping = [*checkpoint_layout_conversions(), *(load_config.weight_mapping or [])]
+        load_config = replace(load_config, weight_mapping=mapping)
+        result = super()._load_pretrained_model(model, state_dict, checkpoint_files, load_config, expected_keys)
+        # transformers keeps the conversions that matched, to write a checkpoint back in the layout it came in;
+        # forgetting them makes save_pretrained write the hub layout (our module names) whatever was read.
+        model._weight_conversions = []
+        return result
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -430,5 +521,7 @@ __all__ = [
     "LlavaOV15PreTrainedModel",
     "SupervisedCausalLMOutput",
     "RiceVisionModel",
+    "checkpoint_layout_conversions",
+    "is_integration_layout",
     "vision_tokens_for_grid",
 ]
