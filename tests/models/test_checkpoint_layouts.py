@@ -134,6 +134,14 @@ def test_integration_layout_loads_same_weights_and_logits(layouts, video_batch, 
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
 
 
+def test_integration_layout_loads_in_lora_mode_bf16(layouts):
+    reference, _ = load_model_and_processor(str(layouts["hub"]), mode="lora", torch_dtype="bfloat16")
+    model, _ = load_model_and_processor(str(layouts["embeddings"]), mode="lora", torch_dtype="bfloat16")
+    ours, theirs = reference.state_dict(), model.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert model.visual.class_embedding.dtype == torch.bfloat16
+
+
 def test_integration_layout_loads_in_4bit(layouts, video_batch):
     import bitsandbytes as bnb
 
