@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from pathlib import Path
 
 from app.config import ModelConfig
+
+# Fallback notes already handed out in this process: baseline/train/evaluate may each ask (train loads the base again
+# to evaluate its adapter), and the user needs to read the reason once, not once per load.
+_NOTES_GIVEN: set[str] = set()
 
 
 def model_path(cfg: ModelConfig) -> str:
@@ -19,13 +23,31 @@ def model_path(cfg: ModelConfig) -> str:
     return str(build(out))
 
 
+def _flash_attn_unusable() -> str | None:
+    """Why flash-attn cannot be used here, or None. Only called on CUDA: flash-attn is the optional `gpu` extra."""
+    try:
+        importlib.import_module("flash_attn")
+    except ImportError:
+        return "flash-attn is not installed (pip install -e '.[gpu]')"
+    except Exception as exc:  # a wheel built for another torch/CUDA fails at import with errors of many types
+        return f"flash-attn failed to import ({type(exc).__name__}: {exc})"
+    return None
+
+
 def attention_implementation(cfg: ModelConfig, on_cuda: bool) -> tuple[str, str | None]:
-    """`flash_attention_2` when asked for and usable, else the configured kernel; the note says why."""
+    """`flash_attention_2` when asked for and usable, else the configured kernel.
+
+    The note says why it fell back; it is given once per process (None on later calls with the same reason).
+    flash-attn is imported only on CUDA, so CPU runs neither need the `gpu` extra nor load it.
+    """
     if not cfg.use_flash_attention:
         return cfg.attn_implementation, None
     fallback = cfg.attn_implementation
-    if not on_cuda:
-        return fallback, f"FlashAttention asked for, but not on CUDA: using {fallback}"
-    if importlib.util.find_spec("flash_attn") is None:
-        return fallback, f"FlashAttention asked for, but flash-attn is not installed: using {fallback}"
-    return "flash_attention_2", None
+    reason = "not on CUDA" if not on_cuda else _flash_attn_unusable()
+    if reason is None:
+        return "flash_attention_2", None
+    note = f"FlashAttention asked for, but {reason}: using {fallback}"
+    if note in _NOTES_GIVEN:
+        return fallback, None
+    _NOTES_GIVEN.add(note)
+    return fallback, note
