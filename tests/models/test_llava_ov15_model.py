@@ -33,7 +33,9 @@ def test_forward_backward_8_frames_finite_loss(tiny_ov15):
         model.eval()
         model.zero_grad(set_to_none=True)
     assert torch.isfinite(out.loss)
-    assert out.logits.shape[:2] == batch["input_ids"].shape
+    # With labels the head ran on the supervised positions only: one row per labelled next token.
+    assert out.logits.shape == (int((labels[:, 1:] != -100).sum()), model.config.text_config.vocab_size)
+    assert out.token_nll.shape == batch["input_ids"].shape
 
 
 def test_qlora_only_lora_and_merger_get_gradients(tiny_ov15_dir):
