@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                           f"{r['step_bytes'] / GIB:.2f}", f"{r['seconds']:.1f}", f"{r['loss']:.4f}",
                           f"{ratio:.3f} (goal <= 0.25)" if first else "", f"{step_ratio:.3f}" if first else "")
             rows.append({**r, "ratio_peak": ratio, "ratio_step": step_ratio})
-    Console().print(table)
+    Console(width=170).print(table)
     return rows
 
 
