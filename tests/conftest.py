@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# rich sizes its tables from COLUMNS when its consoles are created; tests read words out of those tables, so every
+# process (pytest-xdist workers have no terminal) gets the same, wide width.
+os.environ["COLUMNS"] = "200"
 REPO = Path(__file__).resolve().parents[1]
 
 
