@@ -248,6 +248,9 @@ def probe_video(path: Path, min_decodable_fraction: float | None = None) -> Vide
             if len(starts) == 0:
                 raise VideoError(f"{path}: cannot decode video (no frames)")
     start, duration = _span(starts, last_end)
+    if max(facts["width"], facts["height"]) > 200 * min(facts["width"], facts["height"]):
+        # smart_resize's limit: such a strip cannot be cut into 28 px patches without losing one side entirely
+        raise VideoError(f"{path}: unsupported frame size {facts['width']}x{facts['height']} (aspect ratio over 200)")
     info = VideoInfo(
         num_frames=len(starts), fps=len(starts) / duration, width=facts["width"], height=facts["height"],
         has_audio=facts["has_audio"], start=start, duration=duration, declared_duration=facts["declared"],

@@ -165,6 +165,12 @@ def test_truncated_clip_is_refused_never_shortened(clips: Path, cut: str) -> Non
     assert "of 20.0 s decodable" in report.skipped_records[0].detail
 
 
+def test_a_strip_too_thin_for_the_patch_grid_is_a_one_line_error(tmp_path: Path) -> None:
+    encode(tmp_path / "strip.mp4", frames=4, width=1000, height=4)
+    with pytest.raises(VideoError, match=r"strip\.mp4: unsupported frame size 1000x4 \(aspect ratio over 200\)"):
+        probe_video(tmp_path / "strip.mp4")
+
+
 def test_short_clips_repeat_frames_in_time_order(clips: Path) -> None:
     assert [read_index(f) for f in sample_frames(clips / "one_frame.mp4", 8)] == [0] * 8
     assert [read_index(f) for f in sample_frames(clips / "three_frames.mp4", 8)] == [0, 0, 0, 1, 1, 2, 2, 2]
