@@ -88,7 +88,7 @@ def child(variant: str, frames: int, dtype_name: str, vocab: int, tokens_per_fra
     else:
         peak = _rss_bytes("VmHWM")
     return {"variant": variant, "frames": frames, "seq": seq, "device": device, "dtype": dtype_name,
-            "loss": float(loss), "before_bytes": before, "peak_bytes": peak, "step_bytes": peak - before,
+            "loss": float(loss.detach()), "before_bytes": before, "peak_bytes": peak, "step_bytes": peak - before,
             "seconds": time.perf_counter() - started}
 
 
