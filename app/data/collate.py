@@ -24,9 +24,8 @@ from torch.utils.data import Dataset
 
 from app.config import DataConfig
 from app.data.ego4d import ROLES, VISION_TOKENS, Record
-from app.data.frame_cache import load_clip
-from app.data.geometry import clip_plan
-from app.data.video import VideoError, probe_cached
+from app.data.frame_cache import load_clip, plan_clip
+from app.data.video import VideoError
 
 IGNORE_INDEX = -100
 END_OF_TURN = "<|im_end|>"
@@ -172,12 +171,6 @@ def sequence_length(record: Record, processor: Any, num_frames: int, frame_hw: t
     return len(ids) - 1 + video_token_count(processor, num_frames, frame_hw)
 
 
-def clip_frames_and_size(record: Record, data_cfg: DataConfig) -> tuple[int, tuple[int, int]]:
-    """(frames, (height, width)) the record's clip is decoded to; probes the clip when the record lacks it."""
-    info = record.info or probe_cached(record.video, data_cfg.min_decodable_fraction)
-    return clip_plan(info, data_cfg)
-
-
 def filter_too_long(
     records: Sequence[Record], processor: Any, data_cfg: DataConfig
 ) -> tuple[list[Record], list[tuple[str, int]]]:
@@ -189,7 +182,7 @@ def filter_too_long(
     kept, skipped = [], []
     for record in records:
         try:
-            num_frames, hw = clip_frames_and_size(record, data_cfg)
+            _, num_frames, hw = plan_clip(record.video, data_cfg, record.info)
         except VideoError:
             kept.append(record)
             continue

@@ -231,24 +231,29 @@ def cache_for(root: str | Path, max_gb: float | None) -> FrameCache:
     return _CACHES[key]
 
 
-def load_clip(video: Path, data_cfg, info: VideoInfo | None = None) -> np.ndarray:
-    """The frames training and evaluation feed the processor: `geometry.clip_plan` decides how many and at
-    what size, from the clip's `probe_video` facts (``info``, probed here when not given); served from the
-    frame cache when ``data.frame_cache`` is on. Raises VideoError like `sample_frames`."""
+def plan_clip(video: Path, data_cfg, info: VideoInfo | None = None) -> tuple[VideoInfo, int, tuple[int, int]]:
+    """The clip's facts (``info``, probed when not given) and what `geometry.clip_plan` decodes of it:
+    (info, frames, (height, width)). Raises VideoError for a clip that cannot be probed."""
     info = info or probe_cached(video, data_cfg.min_decodable_fraction)
-    num_frames, size = clip_plan(info, data_cfg)
+    return (info, *clip_plan(info, data_cfg))
+
+
+def _clip_frames(video: Path, data_cfg, info: VideoInfo | None) -> tuple[np.ndarray, Outcome]:
+    info, num_frames, size = plan_clip(video, data_cfg, info)
     if not data_cfg.frame_cache:
-        return sample_frames(video, num_frames, size=size, info=info)
-    cache = cache_for(data_cfg.frame_cache_dir, data_cfg.frame_cache_max_gb)
-    return cache.frames(video, num_frames, size, info)[0]
+        return sample_frames(video, num_frames, size=size, info=info), "decoded"
+    return cache_for(data_cfg.frame_cache_dir, data_cfg.frame_cache_max_gb).frames(video, num_frames, size, info)
+
+
+def load_clip(video: Path, data_cfg, info: VideoInfo | None = None) -> np.ndarray:
+    """The frames training and evaluation feed the processor, as `plan_clip` says, from the frame cache when
+    ``data.frame_cache`` is on. Raises VideoError like `sample_frames`."""
+    return _clip_frames(video, data_cfg, info)[0]
 
 
 def _warm_one(video: Path, data_cfg) -> tuple[str, str | None]:
-    cache = cache_for(data_cfg.frame_cache_dir, data_cfg.frame_cache_max_gb)
     try:
-        info = probe_cached(video, data_cfg.min_decodable_fraction)
-        num_frames, size = clip_plan(info, data_cfg)
-        return cache.frames(video, num_frames, size, info)[1], None
+        return _clip_frames(video, data_cfg, None)[1], None
     except VideoError as exc:
         return "failed", str(exc).split(": ", 1)[-1] if str(exc).startswith(str(video)) else str(exc)
 
