@@ -194,6 +194,19 @@ def _answer_nll(items: Sequence[dict]) -> float | None:
     return sum(float(it["answer_nll"]) * int(it["num_answer_tokens"]) for it in counted) / total
 
 
+def chance_by_type(types: Sequence[str | None], refs: Sequence[str]) -> dict[str, float]:
+    """Per question type, the share of its most common normalised reference answer (items of type None skipped).
+
+    A constant answer scores exactly this, so it is the floor a per-type accuracy is read against: 0.25 for four
+    balanced answers, higher when one answer dominates (a yes/no type that is 70 % "yes" has chance 0.70).
+    """
+    answers: dict[str, Counter] = {}
+    for qtype, ref in zip(types, refs, strict=True):
+        if qtype is not None:
+            answers.setdefault(qtype, Counter())[normalize_answer(ref)] += 1
+    return {t: c.most_common(1)[0][1] / c.total() for t, c in sorted(answers.items())}
+
+
 def aggregate(
     items: list[dict],
     types: list[str | None] | None = None,
@@ -208,6 +221,9 @@ def aggregate(
       mean sentence-level `bleu4` is the short-answer-friendly number;
     - `answer_nll`: token-weighted mean (see `_answer_nll`), `perplexity` = exp(answer_nll);
     - `accuracy_by_type` / `count_by_type`: mean exact match / count per question type, items with type None skipped;
+    - `chance_by_type`: per type, the exact match a model would get by always giving that type's most common
+      (normalised) reference answer: the level a per-type accuracy has to beat to show it read the video (needs
+      `refs`, else {});
     - `empty_predictions`: predictions that normalise to "" (needs `preds`, else None).
     Empty `items` gives num_items 0 and None for every metric.
     """
@@ -236,6 +252,7 @@ def aggregate(
             by_type.setdefault(qtype, []).append(float(it["exact_match"]))
     out["accuracy_by_type"] = {t: sum(v) / len(v) for t, v in sorted(by_type.items())}
     out["count_by_type"] = {t: len(v) for t, v in sorted(by_type.items())}
+    out["chance_by_type"] = chance_by_type(types or [None] * n, refs) if refs is not None else {}
 
     out["num_items"] = n
     out["empty_predictions"] = None if preds is None else sum(1 for p in preds if not normalize_answer(p))

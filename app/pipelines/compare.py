@@ -54,6 +54,8 @@ def _summary(client, run, uri: str):
     mode = run.data.tags.get("mode", "?")
     metrics = {k.removeprefix("eval/"): v for k, v in m.items() if k.removeprefix("eval/") in EVAL_METRICS}
     by_type = {k.removeprefix("eval/accuracy/"): v for k, v in m.items() if k.startswith("eval/accuracy/")}
+    counts = {k.removeprefix("eval/count/"): int(v) for k, v in m.items() if k.startswith("eval/count/")}
+    chance = {k.removeprefix("eval/chance/"): v for k, v in m.items() if k.startswith("eval/chance/")}
     if mode == "baseline":
         cost = _artifact_json(client, run.info.run_id, "baseline_profiling.json") or {}
         eval_cost = cost
@@ -65,7 +67,8 @@ def _summary(client, run, uri: str):
         url = f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     return RunSummary(
         run_id=run.info.run_id, run_name=run.info.run_name or run.info.run_id, mode=mode, metrics=metrics,
-        accuracy_by_type=by_type, cost=cost, eval_cost=eval_cost, params=dict(run.data.params), url=url,
+        accuracy_by_type=by_type, count_by_type=counts, chance_by_type=chance, cost=cost, eval_cost=eval_cost,
+        params=dict(run.data.params), url=url,
         tags={k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
     )
 
@@ -111,6 +114,8 @@ def compare(cfg: Config, baseline_run: str | None = None, candidate_run: str | N
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     for label, run in (("M0", m0), ("M1", m1)):
         accs = ", ".join(f"{t} {a:.3f}" for t, a in sorted(run.accuracy_by_type.items())) or "n/a"
+        if run.chance_by_type:
+            accs += " (chance " + ", ".join(f"{t} {c:.2f}" for t, c in sorted(run.chance_by_type.items())) + ")"
         console.print(f"{label} ({run.mode}) held-out accuracy by question type: {accs}", highlight=False)
     console.print(f"report: {md} and {page}", highlight=False)
 

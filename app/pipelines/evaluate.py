@@ -243,8 +243,10 @@ def _print_summary(name: str, metrics: dict, cost: dict) -> None:
     for key in ("exact_match", "token_f1", "rouge_l", "bleu4", "anls", "answer_nll", "perplexity"):
         value = metrics.get(key)
         table.add_row(key, "-" if value is None else f"{value:.4f}")
+    counts, chance = metrics.get("count_by_type") or {}, metrics.get("chance_by_type") or {}
     for qtype, acc in sorted((metrics.get("accuracy_by_type") or {}).items()):
-        table.add_row(escape(f"accuracy[{qtype}]"), f"{acc:.4f}")
+        level = f", chance {chance[qtype]:.2f}" if qtype in chance else ""
+        table.add_row(escape(f"accuracy[{qtype}] ({counts.get(qtype, '?')} questions{level})"), f"{acc:.4f}")
     batch = cost.get("batch_seconds", {})
     if batch.get("median") is not None:
         table.add_row("batch latency median / p95 (s)", f"{batch['median']:.3f} / {batch['p95']:.3f}")

@@ -41,6 +41,8 @@ class RunSummary:
     params: dict[str, str]
     url: str | None
     tags: dict[str, str] = field(default_factory=dict)
+    count_by_type: dict[str, int] = field(default_factory=dict)  # held-out questions behind each type's accuracy
+    chance_by_type: dict[str, float] = field(default_factory=dict)  # a constant answer's accuracy per type
 
 
 def _num(value: Any) -> float | None:
@@ -185,7 +187,8 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _grouped_bars(title: str, labels: list[str], a: list[float | None], b: list[float | None], ylim1: bool) -> bytes:
+def _grouped_bars(title: str, labels: list[str], a: list[float | None], b: list[float | None], ylim1: bool,
+                  chance: list[float | None] | None = None) -> bytes:
     import numpy as np
 
     fig = _figure(max(5.0, 1.1 * len(labels) + 2))
@@ -194,12 +197,32 @@ def _grouped_bars(title: str, labels: list[str], a: list[float | None], b: list[
     for off, vals, name, color in ((-w / 2, a, "M0 baseline", "#8c8c8c"), (w / 2, b, "M1", "#2f6db5")):
         bars = ax.bar(x + off, [v if v is not None else 0.0 for v in vals], w, label=name, color=color)
         ax.bar_label(bars, labels=[_fmt(v, 3) for v in vals], fontsize=7, padding=1)
+    levels = [(i, c) for i, c in enumerate(chance or []) if c is not None]
+    for n, (i, c) in enumerate(levels):  # one dashed segment across each group's two bars
+        ax.hlines(c, i - w - 0.02, i + w + 0.02, colors="#d62728", linestyles="--", linewidth=1.2,
+                  label="chance (most common answer)" if n == 0 else None)
     ax.set_xticks(x, labels)
     if ylim1:
         ax.set_ylim(0, 1.25)  # headroom above 1.0 keeps the legend clear of the bars
     ax.set_title(title)
-    ax.legend(loc="upper center", ncols=2, fontsize=8)
+    ax.legend(loc="upper center", ncols=3 if levels else 2, fontsize=8)
     return _png(fig)
+
+
+def _per_type(m0: RunSummary, m1: RunSummary, field_name: str, qtype: str) -> tuple[Any, Any]:
+    return getattr(m0, field_name).get(qtype), getattr(m1, field_name).get(qtype)
+
+
+def _one_or_both(a: Any, b: Any, fmt: Callable[[Any], str]) -> str:
+    """One value when both runs agree (they were scored on the same questions), else "M0 value / M1 value"."""
+    if a is None and b is None:
+        return "n/a"
+    return fmt(a if a is not None else b) if a == b or a is None or b is None else f"{fmt(a)} / {fmt(b)}"
+
+
+def _type_chance(m0: RunSummary, m1: RunSummary, qtype: str) -> float | None:
+    a, b = _per_type(m0, m1, "chance_by_type", qtype)
+    return _num(a if a is not None else b)
 
 
 def _raw_steps(profile: dict[str, Any] | None, region: str) -> list[float]:
@@ -242,9 +265,12 @@ def _plots(m0: RunSummary, m1: RunSummary, loss_curve: list[tuple[int, float]] |
         [_num(m0.metrics.get(k)) for k in UNIT_METRICS], [_num(m1.metrics.get(k)) for k in UNIT_METRICS], True))
     types = sorted(set(m0.accuracy_by_type) | set(m1.accuracy_by_type))
     if types:
-        out["accuracy_by_type"] = ("Accuracy per question type", _grouped_bars(
-            "Accuracy per question type", types, [_num(m0.accuracy_by_type.get(t)) for t in types],
-            [_num(m1.accuracy_by_type.get(t)) for t in types], True))
+        labels = [f"{t}\n({_one_or_both(*_per_type(m0, m1, 'count_by_type', t), str)} q)" for t in types]
+        out["accuracy_by_type"] = ("Accuracy per question type, with each type's chance level and question count",
+                                   _grouped_bars("Accuracy per question type", labels,
+                                                 [_num(m0.accuracy_by_type.get(t)) for t in types],
+                                                 [_num(m1.accuracy_by_type.get(t)) for t in types], True,
+                                                 [_type_chance(m0, m1, t) for t in types]))
     series = [("M1 train step", _raw_steps(m1.cost, "step")),
               ("M0 eval batch", _raw_steps(m0.eval_cost or m0.cost, "batch")),
               ("M1 eval batch", _raw_steps(m1.eval_cost, "batch"))]
@@ -289,6 +315,21 @@ def _metric_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
     return [[r["metric"], _fmt(r["m0"]), _fmt(r["m1"]), _fmt(r["delta"], sign=True), r["better"]] for r in rows]
 
 
+ACCURACY_HEADER = ["metric", "questions", "chance", "M0", "M1", "delta (M1-M0)", "better"]
+CHANCE_NOTE = ("Exact match per question type over the held-out questions counted. Chance is what always giving "
+               "the type's most common answer would score: an accuracy near it means the video was not read.")
+
+
+def _accuracy_cells(rows: list[dict[str, Any]], m0: RunSummary, m1: RunSummary) -> list[list[str]]:
+    out = []
+    for r in rows:
+        qtype = r["metric"].removeprefix("accuracy[").removesuffix("]")
+        out.append([r["metric"], _one_or_both(*_per_type(m0, m1, "count_by_type", qtype), str),
+                    _one_or_both(*_per_type(m0, m1, "chance_by_type", qtype), lambda v: _fmt(_num(v), 3)),
+                    _fmt(r["m0"]), _fmt(r["m1"]), _fmt(r["delta"], sign=True), r["better"]])
+    return out
+
+
 def _sections(m0: RunSummary, m1: RunSummary) -> dict[str, Any]:
     rows = comparison_rows(m0, m1)
     metric_rows = [r for r in rows if not r["metric"].startswith("accuracy[")]
@@ -296,7 +337,7 @@ def _sections(m0: RunSummary, m1: RunSummary) -> dict[str, Any]:
     decided = [r for r in rows if r["better"] in ("M1", "M0")]
     wins = sum(r["better"] == "M1" for r in decided)
     return {"metric_header": ["metric", "M0", "M1", "delta (M1-M0)", "better"],
-            "metrics": _metric_cells(metric_rows), "accuracy": _metric_cells(acc_rows),
+            "metrics": _metric_cells(metric_rows), "accuracy": _accuracy_cells(acc_rows, m0, m1),
             "summary": f"M1 is better on {wins} of {len(decided)} comparable rows "
                        "(answer_nll and perplexity: lower is better).",
             "cost": _cost_table(m0, m1), "runs": _run_table(m0, m1), "warnings": _warnings(m0, m1),
@@ -310,8 +351,8 @@ def _render_md(title: str, s: dict[str, Any], m0: RunSummary, m1: RunSummary, pl
     out += [s["summary"], "", "## Held-out questions", "", _md(s["questions"][0]), ""]
     out += _md_table(["", "M0", "M1"], s["questions"][1])
     out += ["## Metrics", ""] + _md_table(s["metric_header"], s["metrics"])
-    out += ["## Accuracy per question type", ""]
-    out += _md_table(s["metric_header"], s["accuracy"]) if s["accuracy"] else ["n/a", ""]
+    out += ["## Accuracy per question type", "", CHANCE_NOTE, ""]
+    out += _md_table(ACCURACY_HEADER, s["accuracy"]) if s["accuracy"] else ["n/a", ""]
     out += ["## Throughput and memory", ""] + _md_table(*s["cost"])
     out += ["## Plots", ""] + [f"![{cap}](plots/{name}.png)\n" for name, (cap, _) in plots.items()]
     links = [f"[open]({u})" if (u := _safe_url(r.url)) else "n/a" for r in (m0, m1)]
@@ -349,8 +390,8 @@ def _render_html(title: str, s: dict[str, Any], m0: RunSummary, m1: RunSummary, 
     parts += [f"<p>{_h(s['summary'])}</p>", "<h2>Held-out questions</h2>", f"<p>{_h(s['questions'][0])}</p>",
               _html_table(["", "M0", "M1"], s["questions"][1])]
     parts += ["<h2>Metrics</h2>", _html_table(s["metric_header"], s["metrics"], 4)]
-    parts += ["<h2>Accuracy per question type</h2>",
-              _html_table(s["metric_header"], s["accuracy"], 4) if s["accuracy"] else "<p>n/a</p>"]
+    parts += ["<h2>Accuracy per question type</h2>", f"<p>{_h(CHANCE_NOTE)}</p>",
+              _html_table(ACCURACY_HEADER, s["accuracy"], 6) if s["accuracy"] else "<p>n/a</p>"]
     parts += ["<h2>Throughput and memory</h2>", _html_table(*s["cost"]), "<h2>Plots</h2>"]
     for cap, png in plots.values():
         b64 = base64.b64encode(png).decode("ascii")

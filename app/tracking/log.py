@@ -88,9 +88,11 @@ def cost_metrics(profile: dict[str, Any], prefix: str) -> dict[str, float]:
 
 def eval_metrics(metrics: dict[str, Any], prefix: str = "eval/") -> dict[str, float]:
     out = {f"{prefix}{k}": float(v) for k, v in metrics.items() if _finite(v)}
-    for qtype, acc in (metrics.get("accuracy_by_type") or {}).items():
-        if _finite(acc):
-            out[f"{prefix}accuracy/{qtype}"] = float(acc)
+    # Per question type: accuracy, the questions it is over, and the chance level it is read against.
+    for group in ("accuracy", "count", "chance"):
+        for qtype, value in (metrics.get(f"{group}_by_type") or {}).items():
+            if _finite(value):
+                out[f"{prefix}{group}/{qtype}"] = float(value)
     return out
 
 

@@ -33,6 +33,10 @@ def test_baseline_writes_results_profiling_and_predictions(sample40, model_cache
         assert m[key] is not None, key
     assert 0 <= m["exact_match"] <= 1 and m["perplexity"] >= 1
     assert m["accuracy_by_type"] and set(m["accuracy_by_type"]) <= {"color", "direction", "shape"}
+    # Each type's accuracy comes with the questions it is over and its chance level (4 balanced answers: ~1/4).
+    assert set(m["count_by_type"]) == set(m["chance_by_type"]) == set(m["accuracy_by_type"])
+    assert sum(m["count_by_type"].values()) == results["num_answered"]
+    assert all(0.25 <= c <= 0.5 for c in m["chance_by_type"].values())
     assert results["num_answered"] == results["num_questions"] > 0
     rows = [json.loads(line) for line in (tmp_path / "training" / "baseline" / "predictions.jsonl").open()]
     assert len(rows) == results["num_questions"]

@@ -11,6 +11,7 @@ from app.evaluation.metrics import (
     aggregate,
     anls,
     bleu4,
+    chance_by_type,
     exact_match,
     item_metrics,
     normalize_answer,
@@ -178,6 +179,7 @@ def test_aggregate_by_type_and_empty_predictions() -> None:
     # color: [1, 0] -> 0.5; direction: [0]; count: [0]; the untyped "kitchen" hit counts only in the overall mean
     assert out["accuracy_by_type"] == {"color": 0.5, "count": 0.0, "direction": 0.0}
     assert out["count_by_type"] == {"color": 2, "count": 1, "direction": 1}
+    assert out["chance_by_type"] == {"color": 0.5, "count": 1.0, "direction": 1.0}
     assert out["exact_match"] == pytest.approx(2 / 5)
     assert out["num_items"] == 5
     assert out["empty_predictions"] == 1
@@ -209,3 +211,13 @@ def test_aggregate_rejects_bad_input() -> None:
         aggregate(items, preds=["red"])
     with pytest.raises(ValueError):
         aggregate([item_metrics("a", "a", 1.0, 2), item_metrics("a", "a", 1.0)])
+
+
+def test_chance_is_the_most_common_answers_share_per_type() -> None:
+    # A yes/no type that is mostly "yes" has a high chance level; four balanced colours have 1/4. Answers are
+    # compared normalised, as exact match compares them ("Yes." and "yes" are one answer).
+    types = ["yes_no"] * 10 + ["color"] * 8 + [None]
+    refs = ["Yes."] * 4 + ["yes"] * 3 + ["no"] * 3 + ["red", "green", "blue", "yellow"] * 2 + ["kitchen"]
+    assert chance_by_type(types, refs) == {"color": 0.25, "yes_no": 0.7}
+    out = aggregate([item_metrics("yes", r) for r in refs], types=types)
+    assert out["chance_by_type"] == {}  # no references given: no chance level claimed

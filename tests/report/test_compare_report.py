@@ -222,3 +222,36 @@ def test_report_warns_when_questions_differ_or_cannot_be_checked(runs, tmp_path:
     error = different_questions_error(m0, m1)
     assert "\n" not in error and "M0 16 questions, hash aaaa1111" in error and "M1 18 questions, hash bbbb2222" in error
     assert m0.run_id in error and m1.run_id in error and "--allow-different-questions" in error
+
+
+def _red_pixels(png: bytes) -> int:
+    """Pixels of the chance line's red (#d62728), blended with the bars it crosses."""
+    import numpy as np
+
+    with Image.open(io.BytesIO(png)) as img:
+        rgb = np.asarray(img.convert("RGB")).astype(int)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return int(((r > 150) & (g < 100) & (b < 100)).sum())
+
+
+def test_accuracy_per_type_shows_chance_and_question_counts(runs, tmp_path: Path) -> None:
+    m0, m1 = runs
+    for run in runs:
+        run.count_by_type = {"color": 66, "direction": 66, "shape": 66}
+        run.chance_by_type = {"color": 0.258, "direction": 0.258, "shape": 0.273}
+    m1.count_by_type = {**m1.count_by_type, "shape": 65}  # a question M1 could not score
+    md_path, html_path = write_report(m0, m1, tmp_path)
+    md, page = md_path.read_text(), html_path.read_text()
+    assert "| metric | questions | chance | M0 | M1 | delta (M1-M0) | better |" in md
+    assert "| accuracy[color] | 66 | 0.258 | 0.6200 | 0.9500 | +0.3300 | M1 |" in md
+    assert "| accuracy[shape] | 66 / 65 | 0.273 |" in md  # the two sides differ: both are shown
+    assert "most common answer" in md and "most common answer" in page
+    assert "<td>66 / 65</td><td>0.273</td>" in page
+
+    with_chance = (tmp_path / "plots" / "accuracy_by_type.png").read_bytes()
+    for run in runs:
+        run.chance_by_type = {}
+    write_report(m0, m1, tmp_path / "without")
+    without = (tmp_path / "without" / "plots" / "accuracy_by_type.png").read_bytes()
+    assert _red_pixels(with_chance) > 100 and _red_pixels(without) == 0  # the dashed chance line is drawn
+    assert "| accuracy[color] | 66 | n/a |" in (tmp_path / "without" / "report.md").read_text()

@@ -80,7 +80,8 @@ def test_pipeline_through_an_mlflow_server(mlflow_server, sample40, model_cache,
         assert len(client.get_metric_history(qlora.info.run_id, key)) == 16, key
     # The same evaluation and cost keys on both runs, so MLflow's compare view lines them up.
     shared = {k for k in runs["baseline"].data.metrics if k.startswith(("eval/", "eval_cost/"))}
-    assert {"eval/exact_match", "eval/answer_nll", "eval/accuracy/color", "eval_cost/batch_seconds/p95"} <= shared
+    assert {"eval/exact_match", "eval/answer_nll", "eval/accuracy/color", "eval/count/color", "eval/chance/color",
+            "eval_cost/batch_seconds/p95"} <= shared
     assert shared <= set(qlora.data.metrics)
     assert "train_cost/step_seconds/median" in qlora.data.metrics
     artifacts = {a.path for a in client.list_artifacts(qlora.info.run_id)}
