@@ -179,7 +179,28 @@ def attach_lora(
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
     config = build_lora_config(r, alpha, dropout, train_merger, family, projections or LLM_PROJECTIONS)
+    if mode == "qlora":
+        keep_4bit_layout_for_training(model)
     return get_peft_model(model, config)
+
+
+def keep_4bit_layout_for_training(model: nn.Module) -> int:
+    """Stop bitsandbytes repacking 4-bit weights on a CPU eval forward; returns the layers set.
+
+    On a CPU with AVX512-BF16, a `Linear4bit` that runs in eval mode without grad converts its weight, in place,
+    to a packed layout for a faster bf16 kernel. Training steps after that still run but the gradients are wrong
+    (measured on the tiny twin: one step took the loss from 7.40 to 6.79 instead of 4.84), so any eval forward
+    before or between training steps (an evaluation, a sanity generate) would silently spoil the adapter. A model
+    that gets adapters keeps the standard layout; evaluation-only loads keep bitsandbytes' fast path.
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError:  # pragma: no cover - bitsandbytes is a project dependency
+        return 0
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
 
 
 def load_model_and_processor(
