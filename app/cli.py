@@ -137,11 +137,17 @@ def data_sample(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the synthetic set into.")] = Path("data/sample"),
     clips: Annotated[int, typer.Option(min=4, help="Number of clips (>= 4 keeps answers balanced).")] = 40,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed writes the same set.")] = 0,
+    size: Annotated[int, typer.Option(min=32, help="Frame side in pixels (even).")] = 112,
+    frames: Annotated[int, typer.Option(min=2, help="Frames per clip (at 8 fps).")] = 16,
+    held_out: Annotated[int | None, typer.Option(min=1, help="Held-out clips [default: 20% of the clips].")] = None,
+    audio: Annotated[bool, typer.Option(help="Tone tracks, separate audio files and spoken questions.")] = True,
+    workers: Annotated[int, typer.Option(min=1, help="Processes writing clips (same files for any number).")] = 1,
 ):
     """Write a synthetic Ego4D-format set: real H.264 mp4 clips with audio, a held-out split."""
     from app.pipelines.data import sample
 
-    _run(sample, out, clips=clips, seed=seed)
+    _run(sample, out, clips=clips, seed=seed, size=size, frames=frames, num_eval=held_out, audio=audio,
+         workers=workers)
 
 
 @data_app.command("validate")

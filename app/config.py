@@ -33,6 +33,9 @@ class ModelConfig(_Section):
     family: Literal["llava_ov15", "llava_onevision"] = "llava_ov15"
     # tiny: build a seeded random model of the same architecture into cache_dir (no download).
     tiny: bool = False
+    # tiny only: the twin's vision-tower width. The demo uses a wider tower (its random patch embedding keeps more
+    # of each patch, which shape questions need); the tests keep the fast default.
+    tiny_vision_width: int = Field(32, gt=0, multiple_of=4)
     cache_dir: str = ".cache/ego4d-ft/models"
     torch_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     use_flash_attention: bool = True
@@ -53,6 +56,9 @@ class LoraConfig(_Section):
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     train_merger: bool = False
+    # Train lm_head in full too (PEFT modules_to_save, saved with the adapter). The tiny demo needs it: its random
+    # head cannot be adapted through LoRA on the layers below alone. On the 8B it adds 622 M trainable parameters.
+    train_lm_head: bool = False
 
 
 class DataConfig(_Section):

@@ -214,11 +214,27 @@ def _shape_mask(shape: str, cx: float, cy: float, radius: float, size: int) -> n
     raise ValueError(f"unknown shape {shape!r}")
 
 
+# The scene's static lighting: red rises left to right, blue top to bottom, by this much either side of grey. A real
+# scene's fixed layout tells a vision token where in the frame it is; the tiny twin's random vision tower has no
+# sense of position of its own (RoPE only, untrained), and without these landmarks the direction of motion cannot
+# be read from its tokens (benchmarks/RESULTS.md, "What direction needs"). Same in every clip: it carries no answer.
+SCENE_LIGHT = 30
+
+
+def scene_background(size: int, rng: np.random.Generator) -> np.ndarray:
+    """(size, size, 3) uint8: grey with a fixed low-amplitude texture, lit by the static SCENE_LIGHT gradient."""
+    texture = 118 + rng.integers(-8, 9, size=(size, size, 1)).astype(np.float32)  # static, so H.264 stays cheap
+    ramp = np.linspace(-SCENE_LIGHT, SCENE_LIGHT, size, dtype=np.float32)
+    light = np.zeros((size, size, 3), dtype=np.float32)
+    light[..., 0] += ramp[None, :]
+    light[..., 2] += ramp[:, None]
+    return np.clip(texture + light, 0, 255).astype(np.uint8)
+
+
 def render_frames(spec: ClipSpec, frames: int, size: int, seed: int) -> np.ndarray:
     """(frames, size, size, 3) uint8 RGB frames of the clip."""
     rng = np.random.default_rng([seed, int(spec.clip_id[5:])])
-    # A fixed low-amplitude texture: enough that the background is not flat, static so H.264 stays cheap.
-    background = (118 + rng.integers(-8, 9, size=(size, size, 1))).repeat(3, axis=2).astype(np.uint8)
+    background = scene_background(size, rng)
     dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[spec.direction]
     out = np.empty((frames, size, size, 3), dtype=np.uint8)
     for f in range(frames):
@@ -308,6 +324,18 @@ def _pick_eval(specs: list[ClipSpec], num_eval: int, rng: random.Random) -> set[
     return chosen
 
 
+def _write_media(job: tuple[ClipSpec, Path, Path | None, int, int, int, bool, int]) -> None:
+    """One clip's mp4 (with its tone as an AAC track when `audio`) and, when given, its separate wav/mp3."""
+    spec, video_path, audio_path, frames, size, fps, audio, seed = job
+    pcm = tone(spec.tone_hz, frames / fps)
+    write_clip(video_path, render_frames(spec, frames, size, seed), fps, pcm if audio else None)
+    if audio_path is not None:
+        if audio_path.suffix == ".wav":
+            sf.write(audio_path, pcm, AUDIO_SR, subtype="PCM_16")
+        else:
+            write_mp3(audio_path, pcm)
+
+
 def make_sample_set(
     out_dir: Path,
     clips: int = 40,
@@ -317,48 +345,64 @@ def make_sample_set(
     fps: int = 8,
     eval_fraction: float = 0.2,
     progress: bool = True,
+    audio: bool = True,
+    num_eval: int | None = None,
+    workers: int = 1,
 ) -> SampleSummary:
-    """Write the synthetic set under out_dir and return what was written. Same seed, same files."""
+    """Write the synthetic set under out_dir and return what was written. Same seed, same files.
+
+    `audio=False` leaves the tone tracks, the separate audio files and the spoken-question records out (the mp4s
+    are then ~5x faster to write: AAC encoding dominates). `num_eval` held-out clips instead of `eval_fraction`.
+    `workers` processes write the clips; the files are the same for any number of workers.
+    """
     if size < 32 or size % 2:
         raise ValueError(f"size must be an even number >= 32 (H.264 4:2:0 needs even sides), got {size}")
     if frames < 2 or fps < 1:
         raise ValueError(f"need frames >= 2 and fps >= 1, got frames={frames}, fps={fps}")
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be between 0 and 1, got {eval_fraction}")
+    if num_eval is not None and not 1 <= num_eval < clips:
+        raise ValueError(f"num_eval must be between 1 and clips - 1 ({clips - 1}), got {num_eval}")
     out_dir = Path(out_dir)
     video_dir, audio_dir = out_dir / "videos", out_dir / "audio"
     video_dir.mkdir(parents=True, exist_ok=True)
-    audio_dir.mkdir(parents=True, exist_ok=True)
+    if audio:
+        audio_dir.mkdir(parents=True, exist_ok=True)
 
     specs = plan_clips(clips, seed, size)
     text_rng = random.Random(f"{seed}-text")
-    seconds = frames / fps
     records: list[dict] = []
     transcripts: dict[str, str] = {}
-    num_audio = 0
+    jobs = []
+    for i, spec in enumerate(specs):
+        speech = audio and i % 7 == 3
+        record: dict = {"id": spec.clip_id, "video": f"{spec.clip_id}.mp4"}
+        audio_path = None
+        if audio and i % 5 == 2:  # every 5th record also has a separate audio file, alternating wav and mp3
+            audio_path = audio_dir / f"{spec.clip_id}.{'wav' if (i // 5) % 2 == 0 else 'mp3'}"
+            record["audio"] = f"audio/{audio_path.name}"
+        record["conversations"] = _conversations(spec, text_rng, speech)
+        if speech:
+            transcripts[spec.clip_id] = text_rng.choice(NARRATIONS)
+        records.append(record)
+        jobs.append((spec, video_dir / f"{spec.clip_id}.mp4", audio_path, frames, size, fps, audio, seed))
+    num_audio = sum(job[2] is not None for job in jobs)
+
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("writing clips", total=clips)
-        for i, spec in enumerate(specs):
-            pcm = tone(spec.tone_hz, seconds)
-            write_clip(video_dir / f"{spec.clip_id}.mp4", render_frames(spec, frames, size, seed), fps, pcm)
-            speech = i % 7 == 3
-            record: dict = {"id": spec.clip_id, "video": f"{spec.clip_id}.mp4"}
-            if i % 5 == 2:  # every 5th record also has a separate audio file, alternating wav and mp3
-                ext = "wav" if (i // 5) % 2 == 0 else "mp3"
-                audio_path = audio_dir / f"{spec.clip_id}.{ext}"
-                if ext == "wav":
-                    sf.write(audio_path, pcm, AUDIO_SR, subtype="PCM_16")
-                else:
-                    write_mp3(audio_path, pcm)
-                record["audio"] = f"audio/{audio_path.name}"
-                num_audio += 1
-            record["conversations"] = _conversations(spec, text_rng, speech)
-            if speech:
-                transcripts[spec.clip_id] = text_rng.choice(NARRATIONS)
-            records.append(record)
-            bar.advance(task)
+        if workers > 1:
+            from concurrent.futures import ProcessPoolExecutor
 
-    num_eval = min(max(1, round(clips * eval_fraction)), clips - 1)
+            with ProcessPoolExecutor(workers) as pool:
+                for _ in pool.map(_write_media, jobs, chunksize=16):
+                    bar.advance(task)
+        else:
+            for job in jobs:
+                _write_media(job)
+                bar.advance(task)
+
+    if num_eval is None:
+        num_eval = min(max(1, round(clips * eval_fraction)), clips - 1)
     eval_idx = _pick_eval(specs, num_eval, random.Random(f"{seed}-split"))
     eval_ids = [s.clip_id for i, s in enumerate(specs) if i in eval_idx]
     train_ids = [s.clip_id for i, s in enumerate(specs) if i not in eval_idx]

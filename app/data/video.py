@@ -23,7 +23,10 @@ which is why that descriptor is redirected around every decord call.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import itertools
+import json
 import os
 import re
 import tempfile
@@ -271,8 +274,13 @@ def check_complete(path: Path, info: VideoInfo, min_fraction: float) -> None:
 _PROBED: dict[tuple, VideoInfo] = {}
 
 
-def probe_cached(path: Path, min_decodable_fraction: float | None = None) -> VideoInfo:
-    """`probe_video`, remembered per process for a file's (path, size, mtime): loaders ask once per clip."""
+def probe_cached(path: Path, min_decodable_fraction: float | None = None, cache_dir: Path | None = None) -> VideoInfo:
+    """`probe_video`, remembered for a file's (path, size, mtime): per process, and across runs in `cache_dir`.
+
+    baseline, train and evaluate each check every clip before using it; with `cache_dir` (the frame cache's
+    `probes/` folder) only the first run pays for probing, the others read one small JSON per clip. Failures are
+    not stored, so a repaired file is probed again.
+    """
     path = Path(path)
     try:
         st = path.stat()
@@ -282,8 +290,26 @@ def probe_cached(path: Path, min_decodable_fraction: float | None = None) -> Vid
     if key not in _PROBED:
         if len(_PROBED) > 100_000:
             _PROBED.clear()
-        _PROBED[key] = probe_video(path, min_decodable_fraction)
+        _PROBED[key] = _probe_on_disk(path, key, cache_dir) if cache_dir else probe_video(path, min_decodable_fraction)
     return _PROBED[key]
+
+
+def _probe_on_disk(path: Path, key: tuple, cache_dir: Path) -> VideoInfo:
+    name = hashlib.sha1(json.dumps(key).encode()).hexdigest()
+    stored = Path(cache_dir) / name[:2] / f"{name}.json"
+    try:
+        return VideoInfo(**json.loads(stored.read_text()))
+    except (OSError, ValueError, TypeError):  # not there yet, or written by another version: probe again
+        pass
+    info = probe_video(path, key[3])
+    try:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stored.with_name(f".{stored.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(dataclasses.asdict(info)))
+        os.replace(tmp, stored)  # concurrent runs: each writes whole files, the last one wins
+    except OSError:  # a read-only cache only costs speed
+        pass
+    return info
 
 
 def frame_count(path: Path) -> int:

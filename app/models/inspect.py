@@ -75,10 +75,10 @@ def _quantizable(model: nn.Module, family: str) -> list[tuple[str, nn.Module]]:
     ]
 
 
-def _analytic_trainable(model: nn.Module, family: str, r: int, train_merger: bool) -> int:
+def _analytic_trainable(model: nn.Module, family: str, r: int, train_merger: bool, train_lm_head: bool = False) -> int:
     import re
 
-    targets = lora_target_modules(family, train_merger)
+    targets = lora_target_modules(family, train_merger, train_lm_head=train_lm_head)
     total = 0
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and re.fullmatch(targets.target_modules, name):
@@ -140,6 +140,7 @@ def inspect_model(
     prompt_tokens: int = 0,
     lora_r: int = 16,
     train_merger: bool = False,
+    train_lm_head: bool = False,
     compute_dtype: str = "bfloat16",
     torch_dtype: str = "bfloat16",
     batch_size: int = 1,
@@ -154,7 +155,8 @@ def inspect_model(
         quant_layers = _quantizable(model, family) if mode == "qlora" else []
         n_4bit = len(quant_layers)
         quantized = sum(m.weight.numel() for _, m in quant_layers)
-        trainable = _analytic_trainable(model, family, lora_r, train_merger) if mode != "baseline" else 0
+        trainable = (_analytic_trainable(model, family, lora_r, train_merger, train_lm_head)
+                     if mode != "baseline" else 0)
         config = model.config
     else:
         model, _ = load_model_and_processor(
@@ -166,7 +168,7 @@ def inspect_model(
         trainable = 0
         if mode != "baseline":
             model = attach_lora(model, mode, r=lora_r, alpha=2 * lora_r, train_merger=train_merger,
-                                gradient_checkpointing=False)
+                                gradient_checkpointing=False, train_lm_head=train_lm_head)
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         config = model.config
     vision = vision_tokens_per_clip(family, config, num_frames, frame_size, min_pixels, max_pixels)

@@ -109,9 +109,11 @@ class LoraTargets:
 
 
 def lora_target_modules(
-    model_or_family: nn.Module | str, train_merger: bool = False, projections: Sequence[str] = LLM_PROJECTIONS
+    model_or_family: nn.Module | str, train_merger: bool = False, projections: Sequence[str] = LLM_PROJECTIONS,
+    train_lm_head: bool = False,
 ) -> LoraTargets:
-    """LLM projections only (never the vision tower, whose SigLIP also has q/k/v_proj); merger in full if asked.
+    """LLM projections only (never the vision tower, whose SigLIP also has q/k/v_proj); merger and lm_head in full
+    if asked.
 
     ``projections`` (default q/k/v/o/gate/up/down, e.g. ``cfg.lora.target_modules``) narrows the set.
     """
@@ -125,7 +127,7 @@ def lora_target_modules(
     mlp = "|".join(p for p in LLM_PROJECTIONS if p in projections and p[0] not in "qkvo")
     parts = [f"self_attn\\.({attn})" if attn else "", f"mlp\\.({mlp})" if mlp else ""]
     regex = rf"^{prefix}\.\d+\.({'|'.join(p for p in parts if p)})$"
-    return LoraTargets(regex, [spec.merger] if train_merger else [])
+    return LoraTargets(regex, [spec.merger] * train_merger + ["lm_head"] * train_lm_head)
 
 
 def build_lora_config(
@@ -135,10 +137,11 @@ def build_lora_config(
     train_merger: bool = False,
     family: str = "llava_ov15",
     projections: Sequence[str] = LLM_PROJECTIONS,
+    train_lm_head: bool = False,
 ):
     from peft import LoraConfig
 
-    targets = lora_target_modules(family, train_merger, projections)
+    targets = lora_target_modules(family, train_merger, projections, train_lm_head)
     return LoraConfig(
         r=r,
         lora_alpha=alpha,
@@ -159,6 +162,7 @@ def attach_lora(
     train_merger: bool = False,
     gradient_checkpointing: bool = True,
     projections: Sequence[str] | None = None,
+    train_lm_head: bool = False,
 ):
     """Wrap ``model`` in PEFT LoRA. Under ``qlora`` the model is first prepared for k-bit training."""
     from peft import get_peft_model, prepare_model_for_kbit_training
@@ -178,7 +182,7 @@ def attach_lora(
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
-    config = build_lora_config(r, alpha, dropout, train_merger, family, projections or LLM_PROJECTIONS)
+    config = build_lora_config(r, alpha, dropout, train_merger, family, projections or LLM_PROJECTIONS, train_lm_head)
     if mode == "qlora":
         keep_4bit_layout_for_training(model)
     return get_peft_model(model, config)

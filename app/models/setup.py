@@ -18,9 +18,11 @@ def model_path(cfg: ModelConfig) -> str:
         return cfg.name_or_path
     from app.models.tiny import build_tiny_llava_onevision, build_tiny_llava_ov15
 
-    out = Path(cfg.cache_dir) / cfg.name_or_path
-    build = build_tiny_llava_ov15 if cfg.family == "llava_ov15" else build_tiny_llava_onevision
-    return str(build(out))
+    if cfg.family != "llava_ov15":
+        return str(build_tiny_llava_onevision(Path(cfg.cache_dir) / cfg.name_or_path))
+    width = cfg.tiny_vision_width
+    name = cfg.name_or_path if width == 32 else f"{cfg.name_or_path}-vit{width}"  # one folder per twin size
+    return str(build_tiny_llava_ov15(Path(cfg.cache_dir) / name, vision_width=width))
 
 
 def _flash_attn_unusable() -> str | None:

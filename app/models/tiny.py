@@ -165,15 +165,15 @@ def tiny_llava_ov15_config(tokenizer, vision_layers: int = 2, vision_width: int 
 
 
 def build_tiny_llava_ov15(out_dir: Path, seed: int = 0, min_pixels: int = 56 * 56,
-                          max_pixels: int = 112 * 112) -> Path:
-    """Seeded random LLaVA-OneVision-1.5 twin (ViT 2x32, LLM 2x64) + tokenizer + processor at ``out_dir``."""
+                          max_pixels: int = 112 * 112, vision_width: int = 32) -> Path:
+    """Seeded random LLaVA-OneVision-1.5 twin (ViT 2 x ``vision_width``, LLM 2x64) + tokenizer + processor."""
     from transformers import GenerationConfig
 
     from .llava_ov15 import LlavaOV15ForConditionalGeneration, LlavaOV15ImageProcessor, LlavaOV15Processor
 
     def write(tmp: Path) -> None:
         tokenizer = train_tiny_tokenizer()
-        config = tiny_llava_ov15_config(tokenizer)
+        config = tiny_llava_ov15_config(tokenizer, vision_width=vision_width)
         torch.manual_seed(seed)
         model = LlavaOV15ForConditionalGeneration(config).eval()
         _trained_head_scale(model, seed)

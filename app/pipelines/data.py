@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -11,14 +12,19 @@ from rich.table import Table
 from app.config import Config
 from app.data.ego4d import DataReport, load_records
 from app.data.speech import needs_asr, transcribe_speech
+from app.errors import UserError
 
 console = Console()
 
 
-def sample(out: Path, clips: int = 40, seed: int = 0) -> None:
+def sample(out: Path, clips: int = 40, seed: int = 0, **options: Any) -> None:
+    """`make_sample_set` with the CLI's options (size, frames, num_eval, audio, workers); a bad value is one line."""
     from app.data.synthetic import make_sample_set
 
-    summary = make_sample_set(out, clips=clips, seed=seed)
+    try:
+        summary = make_sample_set(out, clips=clips, seed=seed, **options)
+    except ValueError as exc:
+        raise UserError(f"data sample: {exc}") from None
     console.print(
         f"wrote {summary.num_records} records ({summary.num_train} train, {summary.num_eval} held-out) "
         f"to {summary.data_path}; clips in {summary.video_folder}"
@@ -34,7 +40,9 @@ def sample(out: Path, clips: int = 40, seed: int = 0) -> None:
 def _video_probe(cfg: Config):
     from app.data.video import probe_cached
 
-    return lambda path: probe_cached(path, cfg.data.min_decodable_fraction)
+    # The frame cache's folder also keeps each clip's probe, so the runs after the first skip probing.
+    cache = Path(cfg.data.frame_cache_dir) / "probes" if cfg.data.frame_cache else None
+    return lambda path: probe_cached(path, cfg.data.min_decodable_fraction, cache)
 
 
 def _probe_audio(path: Path) -> None:

@@ -74,6 +74,7 @@ def inspect(cfg: Config, mode: str, meta: bool) -> dict:
         prompt_tokens=prompt_tokens,
         lora_r=cfg.lora.r,
         train_merger=cfg.lora.train_merger,
+        train_lm_head=cfg.lora.train_lm_head,
         compute_dtype=cfg.quantization.compute_dtype,
         torch_dtype=cfg.model.torch_dtype,
         batch_size=cfg.training.per_device_batch_size,

@@ -117,6 +117,7 @@ def setup_model(cfg: Config, mode: str, ds: dict | None):
         train_merger=cfg.lora.train_merger,
         gradient_checkpointing=cfg.model.gradient_checkpointing,
         projections=cfg.lora.target_modules,
+        train_lm_head=cfg.lora.train_lm_head,
     )
     from app.models.inspect import logical_numel
 

@@ -125,3 +125,25 @@ def test_forty_default_clips_take_seconds(tmp_path: Path) -> None:
 def test_bad_arguments_are_refused(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(ValueError):
         make_sample_set(tmp_path, progress=False, **kwargs)
+
+
+def test_demo_options_no_audio_fixed_held_out_and_workers_write_the_same_files(tmp_path: Path) -> None:
+    from app.data.video import probe_video
+
+    kwargs = dict(clips=12, seed=7, frames=4, size=32, fps=4, progress=False, audio=False, num_eval=3)
+    one = make_sample_set(tmp_path / "one", workers=1, **kwargs)
+    two = make_sample_set(tmp_path / "two", workers=2, **kwargs)
+    assert (one.num_eval, one.num_train) == (3, 9) and len((tmp_path / "two" / "eval_ids.txt").read_text().split()) == 3
+    assert one.data_path.read_bytes() == two.data_path.read_bytes()
+    clips = sorted(p.name for p in one.video_folder.glob("*.mp4"))
+    assert len(clips) == 12
+    assert all((one.video_folder / c).read_bytes() == (two.video_folder / c).read_bytes() for c in clips)
+    records = json.loads(one.data_path.read_text())
+    assert not any("audio" in r for r in records) and one.num_audio_files == one.num_speech_records == 0
+    assert not any("<speech>" in t["value"] for r in records for t in r["conversations"])
+    assert not (tmp_path / "one" / "audio").exists() and not probe_video(one.video_folder / clips[0]).has_audio
+
+
+def test_bad_held_out_count_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="num_eval must be between 1 and clips - 1"):
+        make_sample_set(tmp_path, clips=8, num_eval=8, progress=False)

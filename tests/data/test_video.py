@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from decord import VideoReader, cpu
 
-from app.data.synthetic import COLORS, SampleSummary, plan_clips, render_frames, write_clip
+from app.data.synthetic import COLORS, SCENE_LIGHT, SampleSummary, plan_clips, render_frames, write_clip
 from app.data.video import VideoError, frame_count, probe_video, sample_frames, uniform_indices
 
 
@@ -73,9 +74,10 @@ def test_sampling_a_few_frames_does_not_decode_the_whole_clip(tmp_path: Path) ->
 
 
 def _mask(frame_chw: np.ndarray) -> np.ndarray:
-    # The background is grey and the object saturated, so channel spread separates them.
+    # The background is grey under a gentle lighting gradient (channel spread <= 2 x SCENE_LIGHT) and the object
+    # saturated (spread >= 160), so channel spread separates them.
     f = frame_chw.astype(np.int16)
-    return (f.max(axis=0) - f.min(axis=0)) > 60
+    return (f.max(axis=0) - f.min(axis=0)) > 2 * SCENE_LIGHT + 40
 
 
 def _colour(frames: np.ndarray) -> str:
@@ -164,3 +166,25 @@ def test_bad_files_raise_one_line_video_error(bad_files: dict[str, Path], name: 
 def test_missing_file_raises_video_error(tmp_path: Path) -> None:
     with pytest.raises(VideoError, match="missing.mp4: file not found"):
         sample_frames(tmp_path / "missing.mp4", 4)
+
+
+def test_probes_are_kept_on_disk_for_later_runs(sample_set: SampleSummary, tmp_path: Path) -> None:
+    import shutil
+
+    from app.data import video
+
+    clip = tmp_path / "clip.mp4"
+    shutil.copy(sample_set.video_folder / "clip_0000.mp4", clip)
+    cache = tmp_path / "probes"
+    first = video.probe_cached(clip, 0.9, cache)
+    assert len(list(cache.rglob("*.json"))) == 1
+    video._PROBED.clear()  # a later run: nothing in memory, the stored probe answers
+    stored = next(cache.rglob("*.json"))
+    stored.write_text(json.dumps({**json.loads(stored.read_text()), "codec": "from-disk"}))
+    assert video.probe_cached(clip, 0.9, cache) == dataclasses.replace(first, codec="from-disk")
+
+    video._PROBED.clear()  # the file changed: its old probe does not apply
+    clip.write_bytes(clip.read_bytes()[:300])
+    with pytest.raises(VideoError):
+        video.probe_cached(clip, 0.9, cache)
+    assert len(list(cache.rglob("*.json"))) == 1  # a failure is not stored: a repaired file is probed again
