@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml
 demo: install
 	@start=$$(date +%s); \
 	$(VENV)/bin/ego4d-ft data sample --out $(SAMPLE) --clips $(DEMO_CLIPS) --seed $(DEMO_SEED) --size 56 --frames 8 \
-	  --held-out 240 --no-audio --workers 2 && \
+	  --object-size 0.25 --held-out 240 --no-audio --workers 2 && \
 	$(VENV)/bin/ego4d-ft baseline --config $(DEMO_CONFIG) && \
 	$(VENV)/bin/ego4d-ft train --mode qlora --config $(DEMO_CONFIG) --set training.seed=$(DEMO_SEED) && \
 	$(VENV)/bin/ego4d-ft compare --config $(DEMO_CONFIG) && \

@@ -142,12 +142,13 @@ def data_sample(
     held_out: Annotated[int | None, typer.Option(min=1, help="Held-out clips [default: 20% of the clips].")] = None,
     audio: Annotated[bool, typer.Option(help="Tone tracks, separate audio files and spoken questions.")] = True,
     workers: Annotated[int, typer.Option(min=1, help="Processes writing clips (same files for any number).")] = 1,
+    object_size: Annotated[float, typer.Option(help="The object's radius as a share of the frame side.")] = 0.16,
 ):
     """Write a synthetic Ego4D-format set: real H.264 mp4 clips with audio, a held-out split."""
     from app.pipelines.data import sample
 
     _run(sample, out, clips=clips, seed=seed, size=size, frames=frames, num_eval=held_out, audio=audio,
-         workers=workers)
+         workers=workers, object_size=object_size)
 
 
 @data_app.command("validate")

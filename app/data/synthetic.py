@@ -59,6 +59,7 @@ NARRATIONS: tuple[str, ...] = (
 )
 
 AUDIO_SR = 16000
+OBJECT_SIZE = 0.16  # the object's radius as a share of the frame side
 MAX_SHARE = 0.25 + 0.05  # the balance bound the tests and the brief ask for
 
 
@@ -92,6 +93,7 @@ class ClipSpec:
     start: tuple[float, float]  # centre (x, y) in pixels at frame 0
     travel: float  # pixels covered from first to last frame
     tone_hz: float
+    radius: float  # the object's radius in pixels
 
 
 def _balanced_count(target: int, clips: int) -> int:
@@ -146,10 +148,16 @@ def _round_robin(values: tuple[str, ...], n: int, rng: random.Random) -> list[st
     return out
 
 
-def plan_clips(clips: int, seed: int, size: int) -> list[ClipSpec]:
-    """Decide every clip's facts and questions from the seed, before anything is rendered."""
+def plan_clips(clips: int, seed: int, size: int, object_size: float = OBJECT_SIZE) -> list[ClipSpec]:
+    """Decide every clip's facts and questions from the seed, before anything is rendered.
+
+    `object_size`: the object's radius as a share of the frame side. It moves 75-100 % of the room its centre has
+    while staying fully visible, so larger objects travel less.
+    """
     if clips < 4:
         raise ValueError(f"clips must be >= 4 to balance answers, got {clips}")
+    if not 0.05 <= object_size <= 0.3:
+        raise ValueError(f"object size must be between 0.05 and 0.3 of the frame side, got {object_size}")
     rng = random.Random(seed)
     per_type = _balanced_count(round(clips / 2), clips)
     sizes = _record_sizes(clips, per_type * len(QUESTION_TYPES), rng)
@@ -168,13 +176,13 @@ def plan_clips(clips: int, seed: int, size: int) -> list[ClipSpec]:
             col[i] = v
         facts[qtype] = col
 
-    radius = 0.16 * size
+    radius = object_size * size
     margin = 2.0 + radius
     specs = []
     for i in range(clips):
         direction = facts["direction"][i]
-        travel = rng.uniform(0.45, 0.6) * size
         lo, hi = margin, size - margin  # the centre must stay here for the shape to be fully visible
+        travel = rng.uniform(0.75, 1.0) * (hi - lo)
         along = rng.uniform(lo, hi - travel)  # start such that start + travel stays inside
         across = rng.uniform(lo, hi)
         if direction in ("left", "up"):
@@ -190,6 +198,7 @@ def plan_clips(clips: int, seed: int, size: int) -> list[ClipSpec]:
                 start=(x, y),
                 travel=travel,
                 tone_hz=220.0 * 2 ** (i % 24 / 12),  # a different pitch per clip, two octaves from A3
+                radius=radius,
             )
         )
     return specs
@@ -242,7 +251,7 @@ def render_frames(spec: ClipSpec, frames: int, size: int, seed: int) -> np.ndarr
         cx = spec.start[0] + dx * spec.travel * t
         cy = spec.start[1] + dy * spec.travel * t
         frame = background.copy()
-        frame[_shape_mask(spec.shape, cx, cy, 0.16 * size, size)] = COLORS[spec.color]
+        frame[_shape_mask(spec.shape, cx, cy, spec.radius, size)] = COLORS[spec.color]
         out[f] = frame
     return out
 
@@ -348,6 +357,7 @@ def make_sample_set(
     audio: bool = True,
     num_eval: int | None = None,
     workers: int = 1,
+    object_size: float = OBJECT_SIZE,
 ) -> SampleSummary:
     """Write the synthetic set under out_dir and return what was written. Same seed, same files.
 
@@ -369,7 +379,7 @@ def make_sample_set(
     if audio:
         audio_dir.mkdir(parents=True, exist_ok=True)
 
-    specs = plan_clips(clips, seed, size)
+    specs = plan_clips(clips, seed, size, object_size)
     text_rng = random.Random(f"{seed}-text")
     records: list[dict] = []
     transcripts: dict[str, str] = {}
