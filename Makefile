@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 SAMPLE := data/sample
 # The demo learns from many distinct short clips seen once (benchmarks/RESULTS.md, "What direction needs").
-DEMO_CLIPS ?= 12000
+DEMO_CLIPS ?= 20000
 DEMO_SEED ?= 0
 DEMO_CONFIG := configs/demo_cpu.yaml
 # Two pytest workers, each file on one worker (files keep their order and shared fixtures): much of the suite is
