@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 SAMPLE := data/sample
 # The demo learns from many distinct short clips seen once (benchmarks/RESULTS.md, "What direction needs").
-DEMO_CLIPS ?= 20000
+DEMO_CLIPS ?= 16000
 DEMO_SEED ?= 0
 DEMO_CONFIG := configs/demo_cpu.yaml
 # Two pytest workers, each file on one worker (files keep their order and shared fixtures): much of the suite is
@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml
 demo: install
 	@start=$$(date +%s); \
 	$(VENV)/bin/ego4d-ft data sample --out $(SAMPLE) --clips $(DEMO_CLIPS) --seed $(DEMO_SEED) --size 56 --frames 8 \
-	  --object-size 0.25 --held-out 240 --no-audio --workers 2 && \
+	  --object-size 0.3 --held-out 240 --no-audio --workers 2 && \
 	$(VENV)/bin/ego4d-ft baseline --config $(DEMO_CONFIG) && \
 	$(VENV)/bin/ego4d-ft train --mode qlora --config $(DEMO_CONFIG) --set training.seed=$(DEMO_SEED) && \
 	$(VENV)/bin/ego4d-ft compare --config $(DEMO_CONFIG) && \

@@ -10,7 +10,7 @@ learning"):
     .venv/bin/python benchmarks/learning.py [--config configs/demo_cpu.yaml] [--clips 20000] [--held-out 240] \
         [--seed 0] [--set training.learning_rate=0.002 ...] [--work DIR]
 
-The clips are the demo's (`make demo`: 56 px, 8 frames, objects of radius 0.25, no audio).
+The clips are the demo's (`make demo`: 56 px, 8 frames, objects of radius 0.3, no audio).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _run(step: str, *args: str) -> float:
 
 
 # The demo's clips (Makefile `demo`): short, small, no audio, larger objects; written by two processes.
-DEMO_DATA = ("--size", "56", "--frames", "8", "--object-size", "0.25", "--no-audio", "--workers", "2")
+DEMO_DATA = ("--size", "56", "--frames", "8", "--object-size", "0.3", "--no-audio", "--workers", "2")
 
 
 def _sample(work: Path, clips: int, seed: int, held_out: int) -> Path:

@@ -31,7 +31,8 @@ def clip(sample_set: SampleSummary, tmp_path: Path) -> Path:
 
 
 def _entries(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file())
+    # Frame entries only: the same folder's probes/ keeps each clip's probe for later runs.
+    return sorted(p for p in root.rglob("*.npy") if p.is_file())
 
 
 def test_hit_returns_the_frames_of_a_fresh_decode(clip: Path, tmp_path: Path) -> None:
@@ -174,6 +175,7 @@ def test_validate_warm_cache_fills_then_hits(sample_dir: Path, tmp_path: Path) -
     assert first.returncode == 0, first.stderr
     assert "written 12, already there 0, failed 0" in first.stdout
     assert len(_entries(tmp_path / "frames")) == 12
+    assert len(list((tmp_path / "frames" / "probes").rglob("*.json"))) == 12  # the next run skips probing
     second = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
     assert "written 0, already there 12, failed 0" in second.stdout
     off = subprocess.run([*cmd, "--set", "data.frame_cache=false"], capture_output=True, text=True, cwd=REPO,
