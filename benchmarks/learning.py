@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for baseline and train, repeatable")
     ap.add_argument("--work", type=Path, default=REPO / ".cache" / "learning")
+    ap.add_argument("--no-baseline", action="store_true", help="train and score M1 only (M0 shows n/a)")
     args = ap.parse_args(argv)
 
     work = args.work.resolve()
@@ -83,9 +84,10 @@ def main(argv: list[str] | None = None) -> dict:
             f"data.eval_ids_file={sample / 'eval_ids.txt'}", f"output_dir={out}", "tracking.enabled=false",
             f"training.seed={args.seed}", *args.sets]
     flags = ["--config", str(args.config)] + [a for s in sets for a in ("--set", s)]
-    seconds = {"baseline": _run("baseline", "baseline", *flags),
+    seconds = {"baseline": 0.0 if args.no_baseline else _run("baseline", "baseline", *flags),
                "train": _run("train", "train", "--mode", "qlora", *flags)}
-    m0 = json.loads((out / "training" / "baseline" / "baseline_results.json").read_text())["metrics"]
+    m0 = {} if args.no_baseline else \
+        json.loads((out / "training" / "baseline" / "baseline_results.json").read_text())["metrics"]
     trained = json.loads((out / "training" / "qlora" / "training_results.json").read_text())
     rows = learning_table(m0, trained.get("eval") or {})
 
