@@ -47,7 +47,10 @@ def test_unreachable_tracking_server_fails_fast_before_the_model_loads(server, r
     seconds = time.perf_counter() - started
     assert res.returncode == 1
     assert f"tracking server {uri} unreachable" in res.stderr and "Traceback" not in res.stderr
-    assert seconds < 5.0, f"took {seconds:.1f} s"
+    # A hang would be MLflow's retries (minutes); the bound leaves room for CLI start-up on a loaded 2-core runner
+    # (5.3 s seen while the suite's learning test trained on the other core). "Before the model loads" is the
+    # models folder check below.
+    assert seconds < 15.0, f"took {seconds:.1f} s"
     assert not models.exists()
 
 
