@@ -30,13 +30,15 @@ SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override a config key: --set training.num_epochs=1 (repeatable).")
 ]
 DeepSpeedOpt = Annotated[Path | None, typer.Option("--deepspeed", help="DeepSpeed JSON config (ZeRO-2/3).")]
+EvalDeepSpeedOpt = Annotated[Path | None, typer.Option(
+    "--deepspeed", help="Refused with the reason: evaluation shares the questions over torchrun's processes instead.")]
 CpuOpt = Annotated[bool, typer.Option("--use-cpu", help="Run on CPU even when a GPU is present.")]
 
 
 def _fail(message: str, code: int = 1) -> None:
-    from rich.console import Console
+    from app.console import stderr
 
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -62,11 +64,13 @@ def _config(config: Path | None, overrides: list[str] | None, use_cpu: bool = Fa
 
 
 @app.command()
-def baseline(config: ConfigOpt = None, set_: SetOpt = None, deepspeed: DeepSpeedOpt = None, use_cpu: CpuOpt = False):
+def baseline(
+    config: ConfigOpt = None, set_: SetOpt = None, deepspeed: EvalDeepSpeedOpt = None, use_cpu: CpuOpt = False
+):
     """M0: evaluate the base model on the held-out split (no training)."""
     from app.pipelines.evaluate import baseline as run_baseline
 
-    _run(run_baseline, _config(config, set_, use_cpu))
+    _run(run_baseline, _config(config, set_, use_cpu), deepspeed=deepspeed)
 
 
 @app.command()
@@ -92,13 +96,13 @@ def evaluate(
     ],
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    deepspeed: DeepSpeedOpt = None,
+    deepspeed: EvalDeepSpeedOpt = None,
     use_cpu: CpuOpt = False,
 ):
     """Evaluate a trained adapter on the held-out split."""
     from app.pipelines.evaluate import evaluate as run_evaluate
 
-    _run(run_evaluate, _config(config, set_, use_cpu), model)
+    _run(run_evaluate, _config(config, set_, use_cpu), model, deepspeed=deepspeed)
 
 
 @app.command()

@@ -31,10 +31,9 @@ def main() -> None:
     from app.data.ego4d import load_records
     from app.data.synthetic import make_sample_set
     from app.evaluation.generate import EVAL_REGIONS, eval_items, evaluate_items
-    from app.models.loading import load_model_and_processor
-    from app.models.tiny import build_tiny_llava_ov15
+    from app.models.setup import load_adapter, load_model
+    from app.profiler import Profiler
     from app.quiet import quiet_third_party
-    from app.training.profiler import Profiler
 
     quiet_third_party()
     work = Path(tempfile.mkdtemp(prefix="p4-"))
@@ -44,14 +43,12 @@ def main() -> None:
         "data.eval_ids_file=null", "data.eval_fraction=0.999",
         # The warm-up pass fills the frame cache; the timed passes read it, as any evaluation after the first does.
         f"data.frame_cache_dir={work / 'frames'}", f"data.frame_cache={not args.no_frame_cache}",
+        f"model.cache_dir={work / 'models'}",
     ])
-    tiny = build_tiny_llava_ov15(work / "tiny")
-    model, processor = load_model_and_processor(str(tiny), min_pixels=cfg.data.min_pixels,
-                                                max_pixels=cfg.data.max_pixels)
     if args.adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(args.adapter))
+        model, processor, _ = load_adapter(cfg, args.adapter)
+    else:
+        model, processor, _ = load_model(cfg, "baseline")
     items = eval_items(load_records(cfg.data).eval)
 
     def run(batch: int) -> tuple[float, list[str]]:

@@ -55,7 +55,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from app.config import load_config
-    from app.data.collate import VideoQADataset
+    from app.data.dataset import VideoQADataset
     from app.data.ego4d import load_records
     from app.data.frame_cache import _CACHES, load_clip
     from app.data.synthetic import make_sample_set

@@ -1,7 +1,7 @@
 """What does the tiny twin need to learn direction? Fresh in-memory clips, the project's model and encoding.
 
 A research tool for issue #14, not the pipeline: each training example is a clip rendered on the fly by
-`app.data.synthetic` (no mp4, no cache), encoded by `app.data.collate` exactly as training does, and fed to the
+`app.data.synthetic` (no mp4, no cache), encoded by `app.data.conversation` exactly as training does, and fed to the
 tiny LLaVA-OV-1.5 twin with the project's QLoRA setup (`attach_lora`) in a plain loop. Held-out clips come from a
 separate seed. It prints held-out accuracy per question type at the end (and every `--eval-every` steps).
 
@@ -35,8 +35,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from app.data import synthetic  # noqa: E402
-from app.data.collate import TrainCollator, encode_for_training, encode_prompt  # noqa: E402
+from app.data.conversation import encode_for_training, encode_prompt  # noqa: E402
 from app.data.ego4d import Record, Turn  # noqa: E402
+from app.data.padding import PaddingCollator  # noqa: E402
 from app.models.loading import attach_lora, load_model_and_processor  # noqa: E402
 from app.models.tiny import build_tiny_llava_ov15  # noqa: E402
 
@@ -86,7 +87,7 @@ def evaluate(model, processor, held_out: list[tuple[Record, np.ndarray]]) -> dic
         for i in range(0, len(items), 32):
             chunk = items[i:i + 32]
             prompts, refs = zip(*[encode_prompt(r, f, processor, k) for r, f, k in chunk], strict=True)
-            batch = TrainCollator(pad, padding_side="left")(list(prompts))
+            batch = PaddingCollator(pad, padding_side="left")(list(prompts))
             batch.pop("index", None)
             out = model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=pad, eos_token_id=eos)
             preds = processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from transformers import get_cosine_schedule_with_warmup
 
     schedule = get_cosine_schedule_with_warmup(optimizer, int(0.03 * steps), steps)
-    collate = TrainCollator(processor.tokenizer.pad_token_id)
+    collate = PaddingCollator(processor.tokenizer.pad_token_id)
     console = Console(width=120)
     started, losses = time.perf_counter(), []
     model.train()

@@ -10,7 +10,7 @@ and memory depend on shapes, not on weight values, so both are the real model's.
 real layout: per clip `frames` frames at `frame_size` px (patch rows + `video_grid_thw`), the matching run of
 video placeholder tokens between vision start/end, text around it, the answer's tokens labelled.
 
-ours  = the pipeline's own pieces: `setup_model` (configs/training_config.yaml: NF4 + double quant, bf16 compute,
+ours  = the pipeline's own pieces: `load_for_training` (configs/training_config.yaml: NF4 + double quant, bf16 compute,
         FlashAttention when installed, gradient checkpointing, LoRA r 64 on q/k/v/o/gate/up/down) and
         `ProfiledTrainer` with `training_arguments` (paged 8-bit AdamW on CUDA), gradient accumulation 1.
 plain = `from_pretrained` with a BitsAndBytesConfig (NF4, double quant, bf16 compute, the same modules kept out
@@ -115,12 +115,13 @@ def _reset(device: str) -> None:
 def run_ours(cfg, sample: dict, steps: int, warmup: int, work: Path, device: str) -> list[float]:
     from transformers import PrinterCallback, TrainerCallback
 
-    from app.data.collate import TrainCollator
-    from app.pipelines.train import setup_model, training_arguments
+    from app.data.padding import PaddingCollator
+    from app.models.setup import load_for_training
+    from app.profiler import Profiler
+    from app.training.arguments import training_arguments
     from app.training.hooks import ProfiledTrainer, ProfilerCallback
-    from app.training.profiler import Profiler
 
-    model, processor, _ = setup_model(cfg, "qlora", None)
+    model, processor, _ = load_for_training(cfg, "qlora")
     on_cuda = device.startswith("cuda")
     batch = cfg.training.per_device_batch_size
     stamps: list[float] = []
@@ -130,9 +131,10 @@ def run_ours(cfg, sample: dict, steps: int, warmup: int, work: Path, device: str
             _sync(device)
             stamps.append(time.perf_counter())
 
-    trainer = ProfiledTrainer(model=model, args=training_arguments(cfg, "qlora", work / "ours", None, on_cuda),
+    trainer = ProfiledTrainer(model=model, args=training_arguments(cfg, work / "ours", None, on_cuda),
                               train_dataset=[sample] * (batch * (steps + warmup + 1)),
-                              data_collator=TrainCollator(pad_token_id=0), profiler=Profiler("qlora", use_cuda=on_cuda))
+                              data_collator=PaddingCollator(pad_token_id=0),
+                              profiler=Profiler("qlora", use_cuda=on_cuda))
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(ProfilerCallback(trainer))
     trainer.add_callback(Stamp())
@@ -146,7 +148,7 @@ def run_plain(cfg, ckpt: Path, sample: dict, steps: int, warmup: int, device: st
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
-    from app.data.collate import TrainCollator
+    from app.data.padding import PaddingCollator
     from app.models.llava_ov15 import LlavaOV15ForConditionalGeneration
     from app.models.loading import lora_target_modules
 
@@ -162,7 +164,7 @@ def run_plain(cfg, ckpt: Path, sample: dict, steps: int, warmup: int, device: st
                                              target_modules=targets.target_modules,
                                              modules_to_save=targets.modules_to_save or None, task_type="CAUSAL_LM"))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.training.learning_rate)
-    batch = TrainCollator(pad_token_id=0)([sample] * cfg.training.per_device_batch_size)
+    batch = PaddingCollator(pad_token_id=0)([sample] * cfg.training.per_device_batch_size)
     batch.pop("index", None)
     batch = {k: v.to(device) for k, v in batch.items()}
     batch["pixel_values_videos"] = batch["pixel_values_videos"].to(compute)

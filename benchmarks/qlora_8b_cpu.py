@@ -6,7 +6,7 @@ stage's peak memory is its own:
 
 1. build:  LLaVA-OneVision-1.5-8B from the shipped config with random bf16 weights, saved as safetensors shards
            (reused when already under --work);
-2. train:  `setup_model` exactly as `ego4d-ft train --mode qlora` calls it (NF4 + double quantisation on the fly,
+2. train:  `load_for_training` exactly as `ego4d-ft train --mode qlora` calls it (NF4 + double quantisation on the fly,
            LoRA r 64 on q/k/v/o/gate/up/down), then `--steps` optimizer steps of one synthetic sample (1 frame at
            112 px by default) in a plain loop, then the adapter saved;
 3. reload: a fresh 4-bit base + that adapter (`load_adapter`, as `evaluate --model` does) generating a few tokens.
@@ -115,19 +115,20 @@ def stage_train(work: Path, steps: int, frames: int, size: int) -> dict:
     import torch
     from qlora_8b import synthetic_sample
 
-    from app.data.collate import TrainCollator
+    from app.data.padding import PaddingCollator
     from app.models.llava_ov15 import LlavaOV15Config
-    from app.pipelines.train import setup_model
+    from app.models.setup import load_for_training
 
     ckpt = _checkpoint(work)
     cfg = _config(ckpt, frames, size)
     started = time.perf_counter()
     with PeakMemory() as load_mem:
-        model, processor, _ = setup_model(cfg, "qlora", None)
+        model, processor, _ = load_for_training(cfg, "qlora")
     load_seconds = time.perf_counter() - started
     trainable = [p for p in model.parameters() if p.requires_grad]
     figures = _floor_bytes(model, sum(p.numel() for p in trainable))
-    batch = TrainCollator(pad_token_id=0)([synthetic_sample(LlavaOV15Config.from_pretrained(str(ckpt)), frames, size)])
+    sample = synthetic_sample(LlavaOV15Config.from_pretrained(str(ckpt)), frames, size)
+    batch = PaddingCollator(pad_token_id=0)([sample])
     batch.pop("index", None)
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
     model.train()
@@ -153,7 +154,7 @@ def stage_reload(work: Path, frames: int, size: int) -> dict:
     from qlora_8b import synthetic_sample
 
     from app.models.llava_ov15 import LlavaOV15Config
-    from app.pipelines.evaluate import load_adapter
+    from app.models.setup import load_adapter
 
     ckpt = _checkpoint(work)
     cfg = _config(ckpt, frames, size)

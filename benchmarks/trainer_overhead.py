@@ -42,13 +42,15 @@ def main() -> None:
     from transformers import PrinterCallback, Trainer, TrainerCallback
 
     from app.config import load_config
-    from app.data.collate import TrainCollator, VideoQADataset
+    from app.data.dataset import VideoQADataset
     from app.data.ego4d import load_records
-    from app.pipelines.train import setup_model, training_arguments
+    from app.data.padding import PaddingCollator
+    from app.models.setup import load_for_training
+    from app.profiler import Profiler
     from app.quiet import quiet_third_party
     from app.tracking import log as track
+    from app.training.arguments import training_arguments
     from app.training.hooks import ProfiledTrainer, ProfilerCallback, RichProgressCallback
-    from app.training.profiler import Profiler
 
     quiet_third_party()
     work = Path(tempfile.mkdtemp(prefix="p3-"))
@@ -78,13 +80,13 @@ def main() -> None:
 
     def run(ours: bool) -> float:
         torch.manual_seed(0)
-        model, processor, _ = setup_model(cfg, "qlora", None)
+        model, processor, _ = load_for_training(cfg, "qlora")
         raw = VideoQADataset(load_records(cfg.data).train, cfg.data, processor)
         data = Encoded([raw[i] for i in range(len(raw))], args.steps * cfg.training.per_device_batch_size)
-        targs = training_arguments(cfg, "qlora", work / "out", None, on_cuda=False)
+        targs = training_arguments(cfg, work / "out", None, on_cuda=False)
         targs.data_seed = targs.seed
         common = dict(model=model, args=targs, train_dataset=data,
-                      data_collator=TrainCollator(pad_token_id=processor.tokenizer.pad_token_id))
+                      data_collator=PaddingCollator(pad_token_id=processor.tokenizer.pad_token_id))
         stamp = Stamp()
         if ours:
             trainer = ProfiledTrainer(**common, profiler=Profiler("qlora", use_cuda=False))

@@ -109,3 +109,18 @@ def test_model_inspect_tiny_with_sample_data(data_overrides, tmp_path):
     assert "vision tokens per clip (budget)" in res.stdout and "32 (8 frames of at most 3,136 px)" in res.stdout
     assert "min 32 / mean 32 / max 32 over 12 clips" in res.stdout
     assert int(res.stdout.split("total_params=")[1].split()[0]) > 0
+
+
+def test_baseline_and_evaluate_refuse_deepspeed_in_one_line_before_any_run(tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for args in (["baseline"], ["evaluate", "--model", str(tmp_path)]):
+        res = run(*args, "--config", TINY, "--deepspeed", str(REPO / "configs" / "deepspeed_zero3.json"),
+                  "--set", f"tracking.uri={uri}", "--set", f"output_dir={tmp_path / 'out'}")
+        assert res.returncode == 1, res.stderr
+        assert "evaluation does not run under DeepSpeed; drop --deepspeed" in res.stderr
+        assert "torchrun --nproc_per_node N" in res.stderr and "Traceback" not in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    mlflow.set_tracking_uri(uri)
+    assert mlflow.search_runs(search_all_experiments=True).empty  # refused before a run was started

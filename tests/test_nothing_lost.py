@@ -79,15 +79,16 @@ def _baseline(cfg) -> tuple[dict, str, str]:
     """Results, console output and the MLflow run id of one in-process baseline."""
     import mlflow
 
-    from app.pipelines import data, evaluate
+    from app.console import console
+    from app.pipelines import evaluate
 
-    # capsys is per test; rich's own capture works in a module fixture and leaves the consoles as they were.
-    with data.console.capture() as report, evaluate.console.capture() as summary:
+    # capsys is per test; rich's own capture works in a module fixture and leaves the console as it was.
+    with console.capture() as captured:
         results = evaluate.baseline(cfg)
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
     run = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
-    return results, report.get() + summary.get(), run.info.run_id
+    return results, captured.get(), run.info.run_id
 
 
 @pytest.fixture(scope="module")

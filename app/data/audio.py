@@ -18,6 +18,7 @@ import numpy as np
 
 from app.data.video import native_output_captured
 from app.errors import UserError
+from app.io import one_line
 
 # Read with librosa/soundfile; every other file is tried as a container by PyAV (FFmpeg decides by content).
 AUDIO_EXTENSIONS = frozenset({".wav", ".mp3", ".flac", ".ogg"})
@@ -25,11 +26,6 @@ AUDIO_EXTENSIONS = frozenset({".wav", ".mp3", ".flac", ".ogg"})
 
 class AudioError(UserError):
     """An audio source that cannot be used; the message is one line that starts with the file name."""
-
-
-def _one_line(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return next((line.strip() for line in str(text).splitlines() if line.strip()), type(exc).__name__)
 
 
 def _check_file(path: Path) -> None:
@@ -58,7 +54,7 @@ def _load_from_container(path: Path, sr: int) -> np.ndarray:
     except AudioError:
         raise
     except (av.FFmpegError, ValueError, RuntimeError) as exc:
-        raise AudioError(f"{path}: cannot decode audio ({_one_line(exc)})") from None
+        raise AudioError(f"{path}: cannot decode audio ({one_line(exc)})") from None
     if not chunks:
         raise AudioError(f"{path}: cannot decode audio (audio stream has no samples)")
     return np.concatenate(chunks).astype(np.float32, copy=False)
@@ -76,7 +72,7 @@ def _load_with_librosa(path: Path, sr: int) -> np.ndarray:
             samples, _ = librosa.load(path, sr=sr, mono=True)
     except Exception as exc:  # soundfile, audioread and numpy all raise their own types here
         # audioread's NoBackendError has no text: soundfile could not parse it, and no ffmpeg here.
-        reason = "not a readable audio file" if type(exc).__name__ == "NoBackendError" else _one_line(exc)
+        reason = "not a readable audio file" if type(exc).__name__ == "NoBackendError" else one_line(exc)
         raise AudioError(f"{path}: cannot decode audio ({reason})") from None
     return samples
 
@@ -116,7 +112,7 @@ def _probe_container(path: Path) -> None:
     except AudioError:
         raise
     except (av.FFmpegError, ValueError, RuntimeError) as exc:
-        raise AudioError(f"{path}: cannot open container ({_one_line(exc)})") from None
+        raise AudioError(f"{path}: cannot open container ({one_line(exc)})") from None
 
 
 def probe_audio(path: Path) -> None:
@@ -133,7 +129,7 @@ def probe_audio(path: Path) -> None:
             info = soundfile.info(str(path))
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError or TypeError by version
         # libsndfile's text repeats the path and, for bytes it cannot parse, claims the (existing) file is absent.
-        reason = _one_line(exc).split("': ", 1)[-1].rstrip(".")
+        reason = one_line(exc).split("': ", 1)[-1].rstrip(".")
         if "does not exist" in reason:
             reason = "not a readable audio file"
         first = AudioError(f"{path}: cannot decode audio ({reason})")

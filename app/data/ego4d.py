@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from app.data.geometry import clip_plan
 from app.data.paths import derive_id, locate
 from app.data.video import VideoInfo
 from app.errors import UserError
+from app.io import one_line
 
 IMAGE_TOKEN = "<image>"
 VIDEO_TOKEN = "<video>"
@@ -130,7 +130,7 @@ class DataReport:
         example: str | None = None,
     ) -> None:
         """Count a skipped record and keep it; `example` overrides what the summary table shows for it."""
-        detail = _first_line(detail) if detail else None
+        detail = one_line(detail) if detail else None
         if example is None:
             example = f"{rid} ({detail or file})" if (detail or file) else str(rid)
         self.note(self.skipped, reason, example)
@@ -164,13 +164,6 @@ class DataReport:
             "warnings": dict(self.warnings),
             "unknown_ids": len(self.unknown_ids),
         }
-
-
-def _first_line(text: object) -> str:
-    """One line for a report: the first non-blank line, without native log prefixes (`[hh:mm:ss] src/x.cc:NN:`)
-    that a decoder's exception text may carry, so whatever the source, the user reads words, not build paths."""
-    line = next((line.strip() for line in str(text).splitlines() if line.strip()), "")
-    return re.sub(r"(?:\[[\d:]+\]\s*)?\S+\.(?:cc|cpp|c|h):\d+:\s*", "", line).strip()
 
 
 def read_json_list(path: Path) -> list:
@@ -371,7 +364,7 @@ def load_records(
                     audio_probe(audio_path)
                 except Exception as exc:  # the probe's own error class names the file
                     # Kept, not dropped: ASR must not fall back to the clip's own track behind the user's back.
-                    report.note(report.warnings, AUDIO_UNREADABLE, f"{rid} ({_first_line(exc)})")
+                    report.note(report.warnings, AUDIO_UNREADABLE, f"{rid} ({one_line(exc)})")
         has_speech = any(SPEECH_TOKEN in t.value for t in turns)
         if has_speech and cfg.speech_strategy == "drop":
             turns = _apply_speech(turns, None)

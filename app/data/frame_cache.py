@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +31,12 @@ import numpy as np
 
 from app.data.geometry import clip_plan
 from app.data.video import VideoError, VideoInfo, probe_cached, sample_frames
+from app.io import TMP_MARK, write_atomic
 
 # Bumped whenever what an entry holds or how it is laid out changes (sampling rule, array layout).
 # 2: frames at the centres of equal *time* segments, decoded at their aspect-keeping size (was: index, square).
 FORMAT_VERSION = 2
 SUFFIX = ".npy"
-TMP_MARK = ".tmp-"
 # A temp file this old belongs to a writer that died; eviction deletes it.
 STALE_TMP_SECONDS = 3600
 EVICT_TO = 0.9
@@ -111,14 +110,10 @@ class FrameCache:
     def put(self, key: str, frames: np.ndarray) -> bool:
         """Store an entry atomically; False (and nothing left behind) when the cache folder is not writable."""
         path = self.path_for(key)
-        tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        pixels = np.ascontiguousarray(frames, dtype=np.uint8)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as fh:
-                np.save(fh, np.ascontiguousarray(frames, dtype=np.uint8), allow_pickle=False)
-            os.replace(tmp, path)
+            write_atomic(path, lambda fh: np.save(fh, pixels, allow_pickle=False))
         except OSError:
-            _unlink(tmp)
             return False
         self.stats.writes += 1
         self._account(path)

@@ -28,7 +28,6 @@ import hashlib
 import itertools
 import json
 import os
-import re
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from app.errors import UserError
+from app.io import one_line, write_atomic
 
 DECORD, PYAV = "decord", "pyav"
 
@@ -72,7 +72,7 @@ def native_output_captured() -> Iterator[None]:
 
     decord logs errors from C++ (`[12:00:00] /github/workspace/src/video/video_reader.cc:83: ERROR opening`)
     and its FFmpeg prints `moov atom not found`; neither can be switched off from Python. The reason a user
-    sees comes from the exception instead, reworded by `_one_line`.
+    sees comes from the exception instead, reworded by `_decoder_reason`.
     """
     global _quiet_depth
     with _quiet_lock:
@@ -108,12 +108,9 @@ def _decord():
     return decord
 
 
-def _one_line(text: str) -> str:
-    """A native library's message as one line a user can read: no `[hh:mm:ss] src/file.cc:NN:` prefixes."""
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    first = lines[0] if lines else "unknown error"
-    first = re.sub(r"\[[\d:]+\]\s+\S+\.(?:cc|cpp|c|h):\d+:\s*", "", first)
-    first = re.sub(r"\S+\.(?:cc|cpp|c|h):\d+:\s*", "", first)
+def _decoder_reason(text: str) -> str:
+    """A decoder's message as one line a user can read (see `one_line`), in words where decord's say nothing."""
+    first = one_line(text) or "unknown error"
     # decord failures whose raw text says nothing to a user; all mean the payload is damaged.
     if "Cannot create buffer source" in first:
         return "corrupt video stream: no decodable frame to learn the pixel format from"
@@ -192,7 +189,7 @@ def _container_facts(path: Path) -> dict:
     except VideoError:
         raise
     except (av.FFmpegError, ValueError, RuntimeError, IndexError, StopIteration) as exc:
-        reason = getattr(exc, "strerror", None) or _one_line(str(exc))
+        reason = getattr(exc, "strerror", None) or _decoder_reason(str(exc))
         raise VideoError(f"{path}: cannot decode video (not a readable video container: {reason}; "
                          "truncated or not a video?)") from None
 
@@ -303,10 +300,7 @@ def _probe_on_disk(path: Path, key: tuple, cache_dir: Path) -> VideoInfo:
         pass
     info = probe_video(path, key[3])
     try:
-        stored.parent.mkdir(parents=True, exist_ok=True)
-        tmp = stored.with_name(f".{stored.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(dataclasses.asdict(info)))
-        os.replace(tmp, stored)  # concurrent runs: each writes whole files, the last one wins
+        write_atomic(stored, json.dumps(dataclasses.asdict(info)))  # concurrent runs: the last whole file wins
     except OSError:  # a read-only cache only costs speed
         pass
     return info
@@ -418,7 +412,7 @@ def sample_frames(
         except VideoError as exc:
             errors.append(str(exc).split(": ", 1)[-1])
         except Exception as exc:  # noqa: BLE001 - decord and FFmpeg raise many types; all mean "cannot decode"
-            errors.append(f"cannot decode video ({_one_line(str(exc))})")
+            errors.append(f"cannot decode video ({_decoder_reason(str(exc))})")
     if batch is None:
         raise VideoError(f"{path}: {errors[0]}")
     if batch.ndim != 4 or batch.shape[0] != num_frames:

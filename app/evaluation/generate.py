@@ -15,11 +15,12 @@ from typing import Any
 import torch
 
 from app.config import DataConfig
-from app.data.collate import IGNORE_INDEX, TrainCollator, encode_for_training, encode_prompt
+from app.data.conversation import IGNORE_INDEX, encode_for_training, encode_prompt
 from app.data.ego4d import Record
 from app.data.frame_cache import load_clip
+from app.data.padding import PaddingCollator
 from app.data.video import VideoError
-from app.training.profiler import Profiler
+from app.profiler import Profiler
 
 EVAL_REGIONS = ("batch", "data_wait", "generate", "score")
 
@@ -95,7 +96,7 @@ def run_batch(
         enc, ref = encode_prompt(it.record, frames[it.record.id], processor, it.gpt_index)
         prompts.append(enc)
         refs.append(ref)
-    batch = _to_device(TrainCollator(pad_id, padding_side="left")(prompts), device, vision_dtype)
+    batch = _to_device(PaddingCollator(pad_id, padding_side="left")(prompts), device, vision_dtype)
     profiler.timer.start("generate")
     out = model.generate(
         **batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True, pad_token_id=pad_id,
@@ -112,7 +113,7 @@ def run_batch(
         enc = encode_for_training(_upto_answer(it.record, it.gpt_index), frames[it.record.id], processor)
         enc["labels"] = _last_span_only(enc["labels"])
         scored.append(enc)
-    sbatch = _to_device(TrainCollator(pad_id, padding_side="right")(scored), device, vision_dtype)
+    sbatch = _to_device(PaddingCollator(pad_id, padding_side="right")(scored), device, vision_dtype)
     profiler.timer.start("score")
     labels = sbatch.pop("labels")
     out = model(**sbatch, labels=labels)

@@ -16,6 +16,7 @@ import sacrebleu
 from rouge_score import rouge_scorer
 
 __all__ = [
+    "EVAL_METRICS",
     "ITEM_METRICS",
     "aggregate",
     "anls",
@@ -28,7 +29,9 @@ __all__ = [
 ]
 
 # Per-item scores that `aggregate` averages; anything else in an item dict (ids, raw text, nll) is left alone.
-ITEM_METRICS = ("exact_match", "token_f1", "rouge_l", "bleu4", "anls")
+ITEM_METRICS = ("exact_match", "token_f1", "rouge_l", "bleu4", "anls")  # each in [0, 1]
+# The headline metrics of an evaluation, in the order every table, log and report shows them.
+EVAL_METRICS = (*ITEM_METRICS, "answer_nll", "perplexity")
 
 _ARTICLES = frozenset({"a", "an", "the"})
 # Emoji and pictographs are "So"/"Sk"; ZWJ and friends are "Cf"; keycaps are "Me". None of them carry answer content,

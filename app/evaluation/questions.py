@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from app.io import one_line
+
 LOADING, EVALUATION, TRAINING = "loading", "evaluation", "training"
 
 
@@ -56,7 +58,7 @@ def loading_skips(report: Any, data_path: Path) -> list[dict[str, Any]]:
 
 def video_error_reason(message: str, video: Path) -> str:
     """A VideoError reads "<path>: <reason>"; the path is kept in `file`, so the reason is one line without it."""
-    first = next((line.strip() for line in str(message).splitlines() if line.strip()), "") or "cannot decode video"
+    first = one_line(message) or "cannot decode video"
     return first.removeprefix(f"{video}: ")
 
 

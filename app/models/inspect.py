@@ -1,18 +1,11 @@
 """What a model costs before running it: parameters, 4-bit layers, vision tokens per clip, a memory estimate.
 
-CLI wiring (for ``ego4d-ft model inspect [--config] [--mode qlora|lora|baseline] [--meta]``)::
+`inspect_model` returns the figures as a dict; `ego4d-ft model inspect` (app/pipelines/model.py) fills its
+arguments from the config and prints them as a table.
 
-    report = inspect_model(cfg.model.name_or_path, family=cfg.model.family, mode=mode, meta=meta,
-                           num_frames=cfg.data.num_frames,
-                           frame_size=None,  # None: the budget, a square frame at max_pixels
-                           min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels,
-                           prompt_tokens=<text tokens of the longest sample, 0 if no data>,
-                           lora_r=cfg.lora.r, train_merger=cfg.lora.train_merger,
-                           compute_dtype=cfg.quantization.compute_dtype, torch_dtype=cfg.model.torch_dtype)
-    print(format_report(report))
-
-``meta=True`` builds the architecture on the meta device from ``config.json`` (no weights are read); for the
-default hub name, which cannot be downloaded here, the shipped 8B-Instruct config is used.
+``meta=True`` builds the architecture on the meta device from ``config.json`` (no weights are read). For
+llava_ov15, no path or the default hub name means the shipped 8B-Instruct config instead of a download, and a
+path may also be a config JSON file itself.
 """
 
 from __future__ import annotations
@@ -27,9 +20,9 @@ from .loading import FAMILY_SPECS, lora_target_modules
 
 SHIPPED_8B_CONFIG = Path(__file__).parent / "llava_ov15" / "configs" / "llava_ov15_8b_instruct.json"
 DEFAULT_8B_NAME = "lmms-lab/LLaVA-OneVision-1.5-8B-Instruct"
-# Model card / repository README table: "LLaVA-OV-1.5-8B-Instruct | 0.3B vision | 8.2B language | 8.5B total".
+# Model table of the github.com/EvolvingLMMs-Lab/LLaVA-OneVision-1.5 README:
+# "LLaVA-OV-1.5-8B-Instruct | 0.3B vision | 8.2B language | 8.5B total".
 PUBLISHED_TOTAL_8B = 8.5e9
-PUBLISHED_SOURCE = "github.com/EvolvingLMMs-Lab/LLaVA-OneVision-1.5 README, Model table (8.5B total)"
 _BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
 _NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 / 4 * 1 + 4 / (64 * 256)  # 4-bit codes + 8-bit absmax per 64 + fp32 per 256 blocks
 
@@ -188,9 +181,3 @@ def inspect_model(
         "longest_sequence_tokens": int(seq_len),
         "memory_estimate": memory_estimate(total, quantized, trainable, seq_len, config, mode, dtype, batch_size),
     }
-
-
-def format_report(report: dict) -> str:
-    lines = [f"{k:>26}: {v}" for k, v in report.items() if k != "memory_estimate"]
-    lines += [f"{'memory ' + k:>26}: {v}" for k, v in report["memory_estimate"].items()]
-    return "\n".join(lines)

@@ -2,7 +2,8 @@
 
 * ``baseline``: full-precision (``torch_dtype``) weights, evaluation only.
 * ``lora``:     same weights (typically bf16), LoRA adapters on the LLM.
-* ``qlora``:    LLM linears in 4-bit NF4 with double quantisation (bitsandbytes), compute dtype ``compute_dtype``;
+* ``qlora``:    LLM linears in 4-bit (bitsandbytes: NF4 + double quantisation unless configured otherwise),
+  compute dtype ``compute_dtype``;
   the vision tower, the merger/projector and ``lm_head`` stay unquantised.
 
 Families: ``llava_ov15`` (default; :mod:`app.models.llava_ov15`) and ``llava_onevision`` (transformers' SigLIP +
@@ -74,9 +75,10 @@ def _check(family: str, mode: str | None = None) -> FamilySpec:
 
 
 def bnb_config(
-    family: str = "llava_ov15", compute_dtype: str | torch.dtype = "bfloat16", quant_storage: str | None = None
+    family: str = "llava_ov15", compute_dtype: str | torch.dtype = "bfloat16", quant_storage: str | None = None,
+    quant_type: str = "nf4", double_quant: bool = True,
 ):
-    """NF4 + double quantisation; vision tower, merger and lm_head kept out of 4-bit."""
+    """4-bit LLM linears (NF4 + double quantisation by default); vision tower, merger and lm_head kept out."""
     from transformers import BitsAndBytesConfig
 
     spec = _check(family)
@@ -85,8 +87,8 @@ def bnb_config(
         kwargs["bnb_4bit_quant_storage"] = _dtype(quant_storage)
     return BitsAndBytesConfig(
         load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
+        bnb_4bit_quant_type=quant_type,
+        bnb_4bit_use_double_quant=double_quant,
         bnb_4bit_compute_dtype=_dtype(compute_dtype),
         llm_int8_skip_modules=list(spec.skip_4bit),
         **kwargs,
@@ -216,11 +218,13 @@ def load_model_and_processor(
     compute_dtype: str = "bfloat16",
     quant_storage: str | None = None,
     device_map=None,
+    quant_type: str = "nf4",
+    double_quant: bool = True,
     trust_remote_code: bool = False,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
 ):
-    """Load ``(model, processor)``. ``qlora`` quantises the LLM linears to NF4; other modes keep ``torch_dtype``.
+    """Load ``(model, processor)``. ``qlora`` quantises the LLM linears to 4 bits; other modes keep ``torch_dtype``.
 
     ``attn_implementation``: ``sdpa`` | ``eager`` | ``flash_attention_2`` (needs flash-attn installed).
     """
@@ -232,7 +236,7 @@ def load_model_and_processor(
     if device_map is not None:
         kwargs["device_map"] = device_map
     if mode == "qlora":
-        kwargs["quantization_config"] = bnb_config(family, compute_dtype, quant_storage)
+        kwargs["quantization_config"] = bnb_config(family, compute_dtype, quant_storage, quant_type, double_quant)
         # Unquantised modules (vision tower, merger, lm_head) run in the compute dtype.
         kwargs["dtype"] = _dtype(compute_dtype)
 

@@ -1,11 +1,21 @@
-"""From config to loadable model: where the weights are, and which attention kernel to ask for."""
+"""From config to a loaded model: the one entry point train, baseline, evaluate and the benchmarks load through.
+
+`load_model` reads the config (where the weights are, which attention kernel, which dtype on which device, 4-bit
+or not) and calls `loading.load_model_and_processor`; `load_for_training` adds the LoRA adapters; `load_adapter`
+puts a saved adapter back on its base, quantised as it was trained.
+"""
 
 from __future__ import annotations
 
 import importlib
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from app.config import ModelConfig
+from app.config import Config, ModelConfig
+from app.errors import UserError
+from app.run_files import ADAPTER_META
 
 # Fallback notes already handed out in this process: baseline/train/evaluate may each ask (train loads the base again
 # to evaluate its adapter), and the user needs to read the reason once, not once per load.
@@ -53,3 +63,89 @@ def attention_implementation(cfg: ModelConfig, on_cuda: bool) -> tuple[str, str 
         return fallback, None
     _NOTES_GIVEN.add(note)
     return fallback, note
+
+
+def on_cuda(cfg: Config) -> bool:
+    import torch
+
+    return torch.cuda.is_available() and not cfg.use_cpu
+
+
+def load_model(cfg: Config, mode: str = "baseline", path: str | None = None, zero3: bool = False,
+               say: Callable[[str], Any] = print):
+    """`(model, processor, attention kernel)` for `mode` (baseline | lora | qlora) as the config describes it.
+
+    `path` overrides where the base weights are (an adapter's recorded base). `zero3`: DeepSpeed ZeRO-3 places
+    and shards the weights itself, so no device map, and 4-bit weights are stored in the compute dtype so that
+    ZeRO-3 can partition them. A note on the attention kernel (a fallback, once per process) goes to `say`.
+    """
+    from app.distributed import local_rank
+    from app.models.loading import load_model_and_processor
+
+    cuda = on_cuda(cfg)
+    attn, note = attention_implementation(cfg.model, cuda)
+    if note:
+        say(note)
+    quant = cfg.quantization
+    model, processor = load_model_and_processor(
+        path or model_path(cfg.model),
+        family=cfg.model.family,
+        mode=mode,
+        torch_dtype=cfg.model.torch_dtype if cuda else "float32",  # bf16 matmuls are slow on CPU
+        attn_implementation=attn,
+        compute_dtype=quant.compute_dtype,
+        quant_type=quant.quant_type,
+        double_quant=quant.double_quant,
+        quant_storage=quant.compute_dtype if (zero3 and mode == "qlora") else None,
+        device_map={"": local_rank()} if cuda and not zero3 else None,
+        trust_remote_code=cfg.model.trust_remote_code,
+        min_pixels=cfg.data.min_pixels,
+        max_pixels=cfg.data.max_pixels,
+    )
+    return model, processor, attn
+
+
+def load_for_training(cfg: Config, mode: str, zero3: bool = False, say: Callable[[str], Any] = print):
+    """The base for `mode` with LoRA adapters attached (PEFT), as `train` uses it."""
+    from app.models.inspect import logical_numel
+    from app.models.loading import attach_lora
+
+    model, processor, attn = load_model(cfg, mode, zero3=zero3, say=say)
+    lora = cfg.lora
+    model = attach_lora(
+        model, mode, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, train_merger=lora.train_merger,
+        gradient_checkpointing=cfg.model.gradient_checkpointing, projections=lora.target_modules,
+        train_lm_head=lora.train_lm_head,
+    )
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(logical_numel(p) for p in model.parameters())  # the model's parameters, not 4-bit bytes
+    say(f"model: {cfg.model.name_or_path} ({mode}, attention {attn}); trainable {trainable:,} of {total:,}")
+    return model, processor, attn
+
+
+def adapter_meta(cfg: Config, mode: str) -> dict[str, Any]:
+    """What `train` writes beside the adapter (ADAPTER_META): enough for `load_adapter` to rebuild its base."""
+    base = str(Path(model_path(cfg.model)).resolve()) if cfg.model.tiny else cfg.model.name_or_path
+    return {"mode": mode, "base_model": base, "family": cfg.model.family, "config_hash": cfg.config_hash()}
+
+
+def load_adapter(cfg: Config, adapter_dir: Path, say: Callable[[str], Any] = print):
+    """`(model, processor, meta)`: the adapter's base (from its meta or adapter_config.json) + the adapter."""
+    from peft import PeftModel
+
+    config_file = adapter_dir / "adapter_config.json"
+    if not config_file.is_file():
+        raise UserError(f"{adapter_dir}: not an adapter folder (no adapter_config.json)")
+    if not (adapter_dir / "adapter_model.safetensors").is_file():
+        raise UserError(f"{adapter_dir}: no adapter_model.safetensors (pickled adapter weights are never loaded)")
+    base = json.loads(config_file.read_text()).get("base_model_name_or_path")
+    meta_file = adapter_dir / ADAPTER_META
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    base = meta.get("base_model") or base
+    if not base:
+        raise UserError(f"{config_file}: base_model_name_or_path is empty")
+    if not Path(base).exists() and "/" not in base:
+        raise UserError(f"{config_file}: base model {base!r} not found")
+    mode = "qlora" if meta.get("mode") == "qlora" else "baseline"
+    model, processor, _ = load_model(cfg, mode, path=base, say=say)
+    return PeftModel.from_pretrained(model, str(adapter_dir)), processor, meta

@@ -12,7 +12,6 @@ sibling directory that is renamed into place.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -230,7 +229,3 @@ def build_tiny_llava_onevision(out_dir: Path, seed: int = 0) -> Path:
         OnevisionProcessor(tokenizer, image_size=28).save_pretrained(tmp)
 
     return _atomic_build(Path(out_dir), write)
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

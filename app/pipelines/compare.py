@@ -12,12 +12,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from app.config import Config
+from app.console import console
 from app.errors import UserError
-
-console = Console()
+from app.preflight import preflight
 
 
 def _find_run(client, experiment_id: str, run_id: str | None, mode: str):
@@ -48,7 +46,8 @@ def _artifact_json(client, run_id: str, name: str) -> dict[str, Any] | None:
 
 
 def _summary(client, run, uri: str):
-    from app.report.compare import EVAL_METRICS, RunSummary
+    from app.evaluation.metrics import EVAL_METRICS
+    from app.report.summary import RunSummary
 
     m = run.data.metrics
     mode = run.data.tags.get("mode", "?")
@@ -86,11 +85,11 @@ def compare(cfg: Config, baseline_run: str | None = None, candidate_run: str | N
         question_warnings,
         same_questions_line,
     )
-    from app.tracking.run import check_reachable, mlflow_run, tracking_uri
+    from app.tracking.run import mlflow_run, tracking_uri
 
+    preflight(cfg, needs_store=True)
     quiet_third_party()
     uri = tracking_uri(cfg)
-    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from rich.console import Console
 from rich.table import Table
 
 from app.config import Config
+from app.console import console
 from app.models.setup import model_path
-
-console = Console()
 
 
 def _longest_prompt_tokens(cfg: Config, path: str) -> tuple[int, str]:

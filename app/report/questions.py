@@ -7,10 +7,9 @@ run made before these tags existed gets a warning instead, since nothing can be 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from app.report.compare import RunSummary
+from app.report.summary import RunSummary
 
 # Run tags written by baseline / evaluate / train (app/tracking/log.py): label -> tag.
 QUESTION_TAGS = (

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.io import write_json_atomic
 from app.tracking.run import retry_locked
 
 STAT_KEYS = ("mean", "median", "p95", "min", "max")
@@ -168,6 +169,18 @@ def log_step_figures(profile: dict[str, Any], step_region: str, losses: list[tup
         plt.close(fig)
 
 
+def log_evaluation(results: dict[str, Any], cost: dict[str, Any], predictions: Path,
+                   files: list[Path] | None = None) -> None:
+    """One held-out evaluation (baseline, evaluate, or train's last step): its metrics and cost, the question
+    tags `compare` checks, the per-batch figures, the predictions table and its files."""
+    log_summary({**eval_metrics(results["metrics"]), **cost_metrics(cost, "eval_cost/")})
+    set_tags(eval_question_tags(results))
+    log_step_figures(cost, "batch", None, "eval")
+    log_predictions(predictions)
+    if files:
+        log_files(*files)
+
+
 def set_tags(tags: dict[str, Any]) -> None:
     import mlflow
 
@@ -188,9 +201,9 @@ def log_skipped(path: Path, report, extra: list[dict[str, Any]] | None = None) -
 
     import mlflow
 
-    from app.tracking.run import is_main_process
+    from app.distributed import is_main
 
-    if not is_main_process():
+    if not is_main():
         return
     rows = [{**dataclasses.asdict(s), "stage": "loading"} for s in report.skipped_records] + list(extra or [])
     by_reason: dict[str, int] = {}
@@ -198,11 +211,7 @@ def log_skipped(path: Path, report, extra: list[dict[str, Any]] | None = None) -
         by_reason[row["reason"]] = by_reason.get(row["reason"], 0) + 1
     payload = {"total_records": report.total, "usable_records": len(report.records),
                "skipped_by_reason": by_reason, "skipped": rows}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomic(Path(path), payload)
     set_tags({"skipped": len(report.skipped_records), "skipped_held_out": len(report.skipped_held_out())})
     if mlflow.active_run() is not None:
         retry_locked(mlflow.log_dict)(payload, SKIPPED_ARTIFACT)
@@ -223,4 +232,6 @@ def register(adapter_dir: Path, cfg, mode: str) -> dict[str, Any] | None:
     from app.tracking.registry import register_adapter
 
     name = cfg.tracking.registered_model if mode == "qlora" else f"{cfg.tracking.registered_model}-lora"
-    return retry_locked(register_adapter)(adapter_dir, name)
+    # Not wrapped in retry_locked as a whole: a retry after the version was created would create a second one.
+    # register_adapter retries its own steps, each of which first looks for what an earlier attempt made.
+    return register_adapter(adapter_dir, name)

@@ -33,21 +33,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app.config import Config
+from app.distributed import is_main
 from app.errors import UserError
 
 STORE_DIR = Path("mlruns")
 SECRET_WORDS = ("token", "secret", "password", "key")
 RETRY_SECONDS = 120.0
-_ANSWERED: set[str] = set()  # tracking servers that answered this process's /health probe
 T = TypeVar("T")
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, turned into an exception so the run can be closed as KILLED on the way out."""
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -65,8 +61,8 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
     would then retry for minutes. Any HTTP reply (even 404 from a proxy) counts as an answer.
     """
     parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme not in ("http", "https") or uri in _ANSWERED:
-        return  # preflight, the registry and the run all ask; one answer per process is enough
+    if parsed.scheme not in ("http", "https"):
+        return
     shown = redact(uri)
     try:
         netloc = parsed.netloc.rsplit("@", 1)[-1]  # credentials are MLflow's business, not the probe's
@@ -74,14 +70,12 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
         urllib.request.urlopen(probe.geturl(), timeout=timeout).close()
     except urllib.error.HTTPError as exc:
         if exc.code not in (502, 503, 504):  # a gateway's "the server behind me is down" is no answer
-            _ANSWERED.add(uri)
             return
         raise UserError(f"tracking server {shown} unreachable (HTTP {exc.code}); set tracking.uri") from None
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
         reason = getattr(reason, "strerror", None) or str(reason) or type(exc).__name__
         raise UserError(f"tracking server {shown} unreachable ({reason}); set tracking.uri") from None
-    _ANSWERED.add(uri)
 
 
 def retry_locked(fn: Callable[..., T]) -> Callable[..., T]:
@@ -196,7 +190,7 @@ def _experiment_id(client, name: str, uri: str) -> str:
 def mlflow_run(cfg: Config, mode: str, run_name: str | None = None, tags: dict[str, str] | None = None,
                log_system_metrics: bool = True) -> Iterator[Any]:
     """Start (or, off rank 0, pretend to start) a run; yields the active run or None."""
-    if not cfg.tracking.enabled or not is_main_process():
+    if not cfg.tracking.enabled or not is_main():
         yield None
         return
     import logging
@@ -204,8 +198,7 @@ def mlflow_run(cfg: Config, mode: str, run_name: str | None = None, tags: dict[s
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines would interleave with our bars
-    uri = tracking_uri(cfg)
-    check_reachable(uri)
+    uri = tracking_uri(cfg)  # an HTTP server was found answering by the command's preflight
     _init_store(uri)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()

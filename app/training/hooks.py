@@ -20,8 +20,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import Trainer, TrainerCallback
 
-from app.training import distributed
-from app.training.profiler import Profiler
+from app import distributed
+from app.console import console as default_console
+from app.profiler import Profiler
 
 
 class ProfiledTrainer(Trainer):
@@ -30,6 +31,12 @@ class ProfiledTrainer(Trainer):
         self.profiler = profiler
         self.step_losses: list[tuple[int, int, float]] = []  # (global step, epoch index, loss)
         self._step_loss = 0.0
+
+    def epoch_losses(self) -> list[dict[str, Any]]:
+        by_epoch: dict[int, list[float]] = {}
+        for _, epoch, loss in self.step_losses:
+            by_epoch.setdefault(epoch, []).append(loss)
+        return [{"epoch": e + 1, "mean_loss": sum(v) / len(v), "steps": len(v)} for e, v in sorted(by_epoch.items())]
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         self.profiler.timer.start("step")
@@ -131,7 +138,7 @@ class RichProgressCallback(TrainerCallback):
 
     def __init__(self, trainer: ProfiledTrainer, console: Console | None = None):
         self.trainer = trainer
-        self.console = console or Console()
+        self.console = console or default_console
         self.progress: Progress | None = None
         self.task = None
 

@@ -9,17 +9,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from app.config import DataConfig
-from app.data.collate import (
+from app.data.conversation import (
     IGNORE_INDEX,
-    TrainCollator,
-    VideoQADataset,
     build_messages,
     encode_for_training,
     encode_prompt,
     filter_too_long,
     sequence_length,
 )
+from app.data.dataset import VideoQADataset
 from app.data.ego4d import Record, Turn, load_records
+from app.data.padding import PaddingCollator
 from app.data.video import sample_frames
 from app.models.llava_ov15 import LlavaOV15ForConditionalGeneration, LlavaOV15Processor
 from app.models.onevision import OnevisionProcessor
@@ -85,7 +85,7 @@ def _labelled_runs(labels: torch.Tensor) -> list[list[int]]:
 def test_collated_batch_labels_decode_to_answers_only(records, multi, data_cfg, processor):
     single = next(r for r in records if len(_answers(r)) == 1)
     dataset = VideoQADataset([multi, single], data_cfg, processor)
-    batch = TrainCollator(processor.tokenizer.pad_token_id)([dataset[0], dataset[1]])
+    batch = PaddingCollator(processor.tokenizer.pad_token_id)([dataset[0], dataset[1]])
     for row, record in enumerate([multi, single]):
         runs = _labelled_runs(batch["labels"][row])
         decoded = [processor.tokenizer.decode(run) for run in runs]
@@ -142,7 +142,7 @@ def test_right_padding_and_tiny_model_forward(records, data_cfg, processor, tiny
     dataset = VideoQADataset(pair, data_cfg, processor)
     samples = [dataset[0], dataset[1]]
     pad_id = processor.tokenizer.pad_token_id
-    batch = TrainCollator(pad_id)(samples)
+    batch = PaddingCollator(pad_id)(samples)
     lengths = [len(s["input_ids"]) for s in samples]
     assert lengths[0] < lengths[1] and batch["input_ids"].shape == (2, lengths[1])
     for row, n in enumerate(lengths):
@@ -208,14 +208,14 @@ def test_broken_mp4_is_dropped_and_counted(records, data_cfg, processor, tmp_pat
     dataset = VideoQADataset([records[0], bad, records[1]], data_cfg, processor)
     assert dataset[1] is None
 
-    collator = TrainCollator(processor.tokenizer.pad_token_id)
+    collator = PaddingCollator(processor.tokenizer.pad_token_id)
     batch = collator([dataset[0], dataset[1], dataset[2]])
     assert batch["input_ids"].shape[0] == 2 and batch["index"].tolist() == [0, 2]
     assert collator.dropped == 1
     assert collator([None]) is None and collator.dropped == 2
 
     # Drops counted inside a DataLoader worker process reach the parent's counter.
-    loader_collator = TrainCollator(processor.tokenizer.pad_token_id)
+    loader_collator = PaddingCollator(processor.tokenizer.pad_token_id)
     loader = DataLoader(dataset, batch_size=3, num_workers=1, collate_fn=loader_collator)
     (batch,) = list(loader)
     assert batch["index"].tolist() == [0, 2] and loader_collator.dropped == 1
@@ -224,7 +224,7 @@ def test_broken_mp4_is_dropped_and_counted(records, data_cfg, processor, tmp_pat
 def test_batches_from_loader_workers_equal_in_process_batches(records, data_cfg, processor):
     # Small tensors cross from the workers inside the pickle, pixels through shared memory: same batch either way.
     dataset = VideoQADataset(records[:6], data_cfg, processor)
-    collator = TrainCollator(processor.tokenizer.pad_token_id)
+    collator = PaddingCollator(processor.tokenizer.pad_token_id)
     local = list(DataLoader(dataset, batch_size=3, num_workers=0, collate_fn=collator))
     workers = list(DataLoader(dataset, batch_size=3, num_workers=2, collate_fn=collator))
     assert len(local) == len(workers) == 2
@@ -248,7 +248,7 @@ def test_onevision_family_collates_with_batch_dim(records, tmp_path_factory):
         assert [proc.tokenizer.decode(run) for run in _labelled_runs(s["labels"])] == [
             a + "<|im_end|>" for a in _answers(r)
         ]
-    batch = TrainCollator(proc.tokenizer.pad_token_id)(samples)
+    batch = PaddingCollator(proc.tokenizer.pad_token_id)(samples)
     assert batch["pixel_values_videos"].shape[:2] == (2, NUM_FRAMES)
     model = LlavaOnevisionForConditionalGeneration.from_pretrained(one_dir, dtype=torch.float32).eval()
     with torch.no_grad():

@@ -10,7 +10,7 @@ import pytest
 
 from app.config import DataConfig
 from app.data import ego4d
-from app.data.collate import build_messages
+from app.data.conversation import build_messages
 from app.data.ego4d import load_records
 from app.data.synthetic import write_clip
 from app.models.llava_ov15.processing import LlavaOV15Processor

@@ -8,7 +8,7 @@ import pytest
 
 from app.config import load_config
 from app.data import ego4d, speech
-from app.pipelines.data import load_data
+from app.data.load import load_data
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -55,7 +55,7 @@ def test_batched_and_one_by_one_generation_agree(sample40, model_cache):
     from app.evaluation.generate import EVAL_REGIONS, eval_items, evaluate_items
     from app.models.loading import load_model_and_processor
     from app.models.tiny import build_tiny_llava_ov15
-    from app.training.profiler import Profiler
+    from app.profiler import Profiler
 
     cfg = load_config(TINY, [f"data.data_path={sample40 / 'Ego4D.json'}", f"data.video_folder={sample40 / 'videos'}",
                              "data.eval_ids_file=null", "data.eval_fraction=0.5"])

@@ -23,9 +23,10 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig
 
 from app.config import DataConfig
-from app.data.collate import TrainCollator, encode_for_training
+from app.data.conversation import encode_for_training
 from app.data.ego4d import Record, Turn
 from app.data.frame_cache import load_clip
+from app.data.padding import PaddingCollator
 from app.models.llava_ov15 import LlavaOV15Config, LlavaOV15ForConditionalGeneration
 from app.models.loading import load_model_and_processor
 
@@ -86,7 +87,7 @@ def video_batch(tmp_path_factory, tiny_ov15_dir) -> dict[str, torch.Tensor]:
         record = Record(name, folder / f"{name}.mp4", [Turn("human", "<video>\nWhat is it?"), Turn("gpt", answer)],
                         split="eval")
         samples.append(encode_for_training(record, load_clip(record.video, DATA), processor))
-    batch = TrainCollator(processor.tokenizer.pad_token_id)(samples)
+    batch = PaddingCollator(processor.tokenizer.pad_token_id)(samples)
     batch.pop("index", None)
     assert len({tuple(g) for g in batch["video_grid_thw"].tolist()}) == 2 and (batch["attention_mask"] == 0).any()
     return batch

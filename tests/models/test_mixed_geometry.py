@@ -13,12 +13,13 @@ import torch
 from clip_factory import encode
 
 from app.config import DataConfig
-from app.data.collate import TrainCollator, encode_for_training
+from app.data.conversation import encode_for_training
 from app.data.ego4d import Record, Turn
 from app.data.frame_cache import load_clip
+from app.data.padding import PaddingCollator
 from app.evaluation.generate import EvalItem, run_batch
 from app.models.loading import attach_lora, load_model_and_processor
-from app.training.profiler import Profiler
+from app.profiler import Profiler
 
 SHAPES = {"landscape": (320, 180), "portrait": (90, 160), "square": (112, 112)}  # (width, height)
 
@@ -43,7 +44,7 @@ def test_clips_keep_their_own_grids(mixed):
     sizes = {r.id: tuple(frames[r.id].shape[2:]) for r in records}
     assert sizes["landscape"][1] > sizes["landscape"][0] and sizes["portrait"][0] > sizes["portrait"][1]
     assert sizes["square"][0] == sizes["square"][1]
-    batch = TrainCollator(processor.tokenizer.pad_token_id)(
+    batch = PaddingCollator(processor.tokenizer.pad_token_id)(
         [encode_for_training(r, frames[r.id], processor) for r in records])
     grids = batch["video_grid_thw"].tolist()
     assert [tuple(g[1:]) for g in grids] == [(h // 14, w // 14) for h, w in sizes.values()]
@@ -53,7 +54,7 @@ def test_clips_keep_their_own_grids(mixed):
 def test_mixed_batch_trains_like_its_clips_alone(mixed):
     records, frames, model, processor = mixed
     peft_model = attach_lora(model, "qlora", r=4, alpha=8, dropout=0.0, gradient_checkpointing=False)
-    collate = TrainCollator(processor.tokenizer.pad_token_id)
+    collate = PaddingCollator(processor.tokenizer.pad_token_id)
     samples = [encode_for_training(r, frames[r.id], processor) for r in records]
     peft_model.train()
     try:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from bitsandbytes.functional import has_avx512bf16
 
-from app.data.collate import TrainCollator
+from app.data.padding import PaddingCollator
 from app.models.loading import attach_lora, load_model_and_processor
 
 
@@ -40,7 +40,7 @@ def _batch(processor) -> dict:
     sample = {k: v for k, v in out.items() if k.startswith("pixel_values") or k.endswith("_grid_thw")}
     sample["input_ids"] = out["input_ids"][0].long()
     sample["labels"] = sample["input_ids"].clone()
-    return TrainCollator(processor.tokenizer.pad_token_id)([sample])
+    return PaddingCollator(processor.tokenizer.pad_token_id)([sample])
 
 
 def _gradients(model, batch: dict, eval_first: bool) -> dict[str, torch.Tensor]:

@@ -14,12 +14,13 @@ import torch
 from clip_factory import encode
 
 from app.config import DataConfig
-from app.data.collate import IGNORE_INDEX, TrainCollator, encode_for_training
+from app.data.conversation import IGNORE_INDEX, encode_for_training
 from app.data.ego4d import Record, Turn
 from app.data.frame_cache import load_clip
+from app.data.padding import PaddingCollator
 from app.evaluation.generate import EvalItem, run_batch
 from app.models.loading import attach_lora, load_model_and_processor
-from app.training.profiler import Profiler
+from app.profiler import Profiler
 
 
 def _record(rid: str, video: Path, turns: int) -> Record:
@@ -42,7 +43,7 @@ def setup(tmp_path_factory, tiny_ov15_dir):
     model, processor = load_model_and_processor(str(tiny_ov15_dir), mode="qlora", compute_dtype="float32",
                                                 min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     model = attach_lora(model, "qlora", r=4, alpha=8, dropout=0.0, train_merger=True, gradient_checkpointing=False)
-    collate = TrainCollator(processor.tokenizer.pad_token_id)
+    collate = PaddingCollator(processor.tokenizer.pad_token_id)
     micro = [collate([encode_for_training(r, frames[r.id], processor) for r in records[i : i + 2]]) for i in (0, 2)]
     for batch in micro:
         batch.pop("index", None)

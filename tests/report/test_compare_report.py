@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from app.report.compare import RunSummary, comparison_rows, print_table, write_report
+from app.report.compare import comparison_rows, print_table, write_report
+from app.report.summary import RunSummary
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GIB = 1024**3
@@ -172,9 +173,30 @@ def test_run_name_is_escaped(runs, tmp_path: Path) -> None:
     md_path, html_path = write_report(m0, m1, tmp_path, title="M0 & <M1>")
     page = html_path.read_text()
     assert "<script" not in page.lower()
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page  # Jinja2's autoescape spells " as &#34;
     assert "<title>M0 &amp; &lt;M1&gt;</title>" in page
     assert "javascript:" not in page
+    assert "<script" not in md_path.read_text().lower()
+
+
+def test_script_in_questions_tags_and_types_is_escaped(runs, tmp_path: Path) -> None:
+    """Tag values, question types and metric names come from MLflow too: none of them may reach the page raw."""
+    m0, m1 = runs
+    payload = "<script>alert(1)</script>"
+    _questions(m0, 16, payload, skipped=2)
+    _questions(m1, 16, "bbbb2222")
+    m1.tags["dataset_fingerprint"] = f"ds-{payload}"
+    m1.accuracy_by_type[f"why {payload}"] = 0.5
+    m1.metrics[f"custom {payload}"] = 0.7
+    m1.url = f"https://example.org/runs?x={payload}"  # a web link, so it is kept, but escaped inside href
+    md_path, html_path = write_report(m0, m1, tmp_path)
+    page = html_path.read_text()
+    assert "<script" not in page.lower()
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert f"hash {escaped}" in page  # the question-hash warning and the same-questions line
+    assert f"<td>scored questions hash</td><td>{escaped}</td>" in page
+    assert f"ds-{escaped}" in page and f"accuracy[why {escaped}]" in page and f"custom {escaped}" in page
+    assert f'href="https://example.org/runs?x={escaped}"' in page
     assert "<script" not in md_path.read_text().lower()
 
 

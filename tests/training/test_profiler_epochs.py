@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from app.training.profiler import Profiler
+from app.profiler import Profiler
 
 
 def test_report_sums_data_wait_per_epoch():

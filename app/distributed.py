@@ -118,8 +118,13 @@ def shard(items: list[Any]) -> list[Any]:
     return items[rank():: world_size()] if world_size() > 1 else list(items)
 
 
-def silence_other_ranks(*consoles: Any) -> None:
-    """Rich consoles print on rank 0 only; N copies of every table and bar would interleave."""
-    if not is_main():
-        for console in consoles:
-            console.quiet = True
+def single_process_rendezvous() -> None:
+    """A single process still needs a rendezvous for DeepSpeed; torchrun sets these when it launches us."""
+    if "RANK" in os.environ:
+        return
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

@@ -1,4 +1,4 @@
-"""Records -> model tensors: chat messages, label masking, exact sequence lengths, the dataset and the collator.
+"""Records -> token ids: chat messages, label masking and exact sequence lengths, for training and for prompts.
 
 The model must see exactly the processor's chat-template text, so every sample is encoded by the processor on the
 full rendered conversation (one tokenizer call, the ids the processor itself would give). Labels come from character
@@ -13,30 +13,25 @@ Works with both processor families (``LlavaOV15Processor`` and ``OnevisionProces
 
 from __future__ import annotations
 
-import logging
-import multiprocessing
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from app.config import DataConfig
 from app.data.ego4d import ROLES, VISION_TOKENS, Record
-from app.data.frame_cache import load_clip, plan_clip
+from app.data.frame_cache import plan_clip
 from app.data.video import VideoError
 
 IGNORE_INDEX = -100
 END_OF_TURN = "<|im_end|>"
-# Token sequences are padded; vision inputs (named as below) are concatenated along dim 0; other keys a
-# tokenizer may add (e.g. token_type_ids) are dropped since neither model family reads them.
 
 
-def _is_vision_key(key: str) -> bool:
+def is_vision_key(key: str) -> bool:
+    """Vision inputs (concatenated along dim 0 when batched); other keys a tokenizer may add (token_type_ids) are
+    dropped since neither model family reads them."""
     return key.startswith("pixel_values") or key.endswith("_grid_thw")
-
-log = logging.getLogger(__name__)
 
 
 def build_messages(record: Record, upto: int | None = None) -> list[dict]:
@@ -107,7 +102,7 @@ def _encode(text: str, frames: np.ndarray, processor: Any) -> tuple[dict[str, to
     """Processor output for one sample (batch dim dropped from token tensors) and the token offsets."""
     out = processor(text=[text], videos=[frames], padding=False, return_offsets_mapping=True)
     offsets = out.pop("offset_mapping")[0]
-    encoded = {k: v for k, v in out.items() if _is_vision_key(k)}
+    encoded = {k: v for k, v in out.items() if is_vision_key(k)}
     encoded["input_ids"] = out["input_ids"][0]
     encoded["attention_mask"] = out["attention_mask"][0]
     return encoded, offsets
@@ -192,102 +187,3 @@ def filter_too_long(
         else:
             kept.append(record)
     return kept, skipped
-
-
-class VideoQADataset(Dataset):
-    """Decodes frames on access (through the frame cache when ``data.frame_cache`` is on); an undecodable clip
-    yields None so one bad file does not end a long run."""
-
-    def __init__(self, records: Sequence[Record], data_cfg: DataConfig, processor: Any) -> None:
-        self.records = list(records)
-        self.data_cfg = data_cfg
-        self.processor = processor
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> dict[str, Any] | None:
-        record = self.records[i]
-        try:
-            frames = load_clip(record.video, self.data_cfg, record.info)
-        except VideoError as exc:
-            log.warning("skipping record %s: %s", record.id, exc)
-            return None
-        return {**encode_for_training(record, frames, self.processor), "index": i}
-
-
-# Tensors up to this size cross from a loader worker inside the pickle; larger ones through shared memory.
-_INLINE_BYTES = 256 * 1024
-
-
-def _rebuild_batch(keys: list[str], inline: dict[str, np.ndarray], shared: dict[str, torch.Tensor]) -> dict:
-    return {k: torch.from_numpy(inline[k]) if k in inline else shared[k] for k in keys}
-
-
-class Batch(dict):
-    """A collated batch; in the main process it unpickles as a plain dict.
-
-    A DataLoader worker hands every tensor over through shared memory, and the main process fetches each
-    one's file descriptor from the worker with a socket round trip: with six tensors per batch that was ~2 ms
-    of every tiny-CPU step (benchmarks/RESULTS.md P2). Small tensors (ids, labels, masks, grids) travel
-    inside the pickle instead, so only the pixels take the shared-memory path.
-    """
-
-    def __reduce__(self):
-        inline = {k: v.numpy() for k, v in self.items()
-                  if isinstance(v, torch.Tensor) and v.dtype != torch.bfloat16  # numpy has no bfloat16
-                  and v.numel() * v.element_size() <= _INLINE_BYTES}
-        shared = {k: v for k, v in self.items() if k not in inline}
-        return (_rebuild_batch, (list(self), inline, shared))
-
-
-class TrainCollator:
-    """Pads a list of encoded samples (None = dropped sample) into one batch.
-
-    ``input_ids`` padded with ``pad_token_id``, ``attention_mask`` 0 and ``labels`` -100 on pads; every vision
-    tensor concatenated along dim 0 in batch order (OV-1.5: patch rows and ``video_grid_thw`` rows; llava_onevision:
-    ``(1, frames, 3, S, S)`` per sample -> ``(B, frames, 3, S, S)``). ``index`` holds the dataset indices; pop it
-    before calling the model. A batch whose samples were all dropped comes back as None.
-    """
-
-    def __init__(self, pad_token_id: int, padding_side: str = "right") -> None:
-        if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-        self.pad_token_id = int(pad_token_id)
-        self.padding_side = padding_side
-        # Shared memory: DataLoader workers run the collator in other processes, and their drops must count here.
-        self._dropped = multiprocessing.Value("q", 0)
-
-    @property
-    def dropped(self) -> int:
-        return int(self._dropped.value)
-
-    def _pad(self, seqs: list[torch.Tensor], value: int) -> torch.Tensor:
-        longest = max(len(s) for s in seqs)
-        out = torch.full((len(seqs), longest), value, dtype=seqs[0].dtype)
-        for row, s in enumerate(seqs):
-            if self.padding_side == "right":
-                out[row, : len(s)] = s
-            else:
-                out[row, longest - len(s) :] = s
-        return out
-
-    def __call__(self, samples: list[dict[str, Any] | None]) -> Batch | None:
-        kept = [s for s in samples if s is not None]
-        if len(kept) < len(samples):
-            with self._dropped.get_lock():
-                self._dropped.value += len(samples) - len(kept)
-        if not kept:
-            return None
-        ids = [s["input_ids"] for s in kept]
-        batch = {
-            "input_ids": self._pad(ids, self.pad_token_id),
-            "attention_mask": self._pad([torch.ones_like(x) for x in ids], 0),
-        }
-        if all("labels" in s for s in kept):
-            batch["labels"] = self._pad([s["labels"] for s in kept], IGNORE_INDEX)
-        for key in [k for k in kept[0] if _is_vision_key(k)]:
-            batch[key] = torch.cat([s[key] for s in kept], dim=0)
-        if all("index" in s for s in kept):
-            batch["index"] = torch.tensor([s["index"] for s in kept], dtype=torch.long)
-        return Batch(batch)

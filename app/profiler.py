@@ -13,19 +13,18 @@ time), peak memory is per rank with max and mean; timing distributions and raw l
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import socket
 import statistics
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from app.training import distributed
+from app import distributed
 
 REGIONS = ("step", "forward", "backward", "optimizer", "data_wait")
 
@@ -34,8 +33,8 @@ def summarize(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"mean": None, "median": None, "p95": None, "min": None, "max": None, "count": 0}
     ordered = sorted(values)
-    # Nearest-rank p95: an observed value, never an interpolation between two steps.
-    p95 = ordered[min(len(ordered) - 1, max(0, -(-95 * len(ordered) // 100) - 1))]
+    # "inverted_cdf" is the nearest-rank p95: an observed value, never an interpolation between two steps.
+    p95 = float(np.percentile(ordered, 95, method="inverted_cdf"))
     return {
         "mean": statistics.fmean(ordered),
         "median": statistics.median(ordered),
@@ -106,7 +105,6 @@ class Profiler:
     epoch_seconds: list[float] = field(default_factory=list)
     # Data-wait seconds summed per epoch: with the frame cache, epoch 1 decodes and later epochs read.
     epoch_data_wait: list[float] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.steps = {k: [] for k in self.regions}
@@ -209,15 +207,5 @@ class Profiler:
             "per_rank": ranks,
             "pid": os.getpid(),
             "raw": {"steps": self.steps, "tokens": self.tokens, "samples": self.samples},
-            **self.extra,
             **(extra or {}),
         }
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> Path:
-    """Write to a temp file then rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
