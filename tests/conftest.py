@@ -1,9 +1,14 @@
-"""Shared fixtures: a real synthetic sample set (H.264 mp4s with audio), built once per session."""
+"""Shared fixtures: real synthetic sample sets (H.264 mp4s with audio), a tiny-model cache, throwaway MLflow stores
+and one trained adapter, each built once per session; and the check that a test run writes nothing into the
+repository."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,7 +17,22 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # rich sizes its tables from COLUMNS when its consoles are created; tests read words out of those tables, so every
 # process (pytest-xdist workers have no terminal) gets the same, wide width.
 os.environ["COLUMNS"] = "200"
+# DeepSpeed compiles an op on first use: kept between test sessions, outside the repository.
+os.environ["TORCH_EXTENSIONS_DIR"] = str(Path(tempfile.gettempdir()) / f"ego4d-ft-tests-{os.getuid()}" / "torch_ext")
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _repo_files() -> set[str]:
+    """Paths git would list as new, changed or ignored: what a test that writes into the repository leaves."""
+    out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], cwd=REPO,
+                         capture_output=True, text=True)
+    skip = ("__pycache__", ".pytest_cache", ".ruff_cache", ".venv/", "ego4d_ft.egg-info")
+    return {line[3:] for line in out.stdout.splitlines() if not any(part in line for part in skip)}
+
+
+def pytest_configure(config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist) takes the snapshot
+        config._repo_before = _repo_files()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -22,6 +42,25 @@ def tracking_store(tmp_path_factory) -> str:
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
     return uri
+
+
+@pytest.fixture(scope="session")
+def _store_template(tmp_path_factory) -> Path:
+    """An empty SQLite MLflow store with its tables made: creating them takes ~5 s, a copy a millisecond."""
+    import mlflow
+
+    db = tmp_path_factory.mktemp("store_template") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{db}").search_experiments(max_results=1)
+    return db
+
+
+@pytest.fixture
+def fresh_store(_store_template: Path, tmp_path: Path) -> str:
+    """A store of this test's own (an empty copy of the template): it reads back only the runs it made."""
+    db = tmp_path / "own-store" / "mlflow.db"
+    db.parent.mkdir()
+    shutil.copy(_store_template, db)
+    return f"sqlite:///{db}"
 
 
 @pytest.fixture(scope="session")
@@ -60,17 +99,11 @@ def model_cache(tmp_path_factory) -> Path:
 def trained_qlora(sample40: Path, model_cache: Path, tmp_path_factory) -> Path:
     """One 1-epoch QLoRA run of the tiny twin on `sample40` (batch 4, 8 steps), shared by the tests that only read
     what it wrote: each extra `train` subprocess costs ~25 s of the suite's 15-minute budget. Returns output_dir."""
-    import subprocess
-    import sys
-
-    from cli_helpers import tiny_sets
+    from cli_helpers import TINY, ego_here, tiny_sets
 
     out = tmp_path_factory.mktemp("trained_qlora")
-    cmd = [str(Path(sys.executable).parent / "ego4d-ft"), "train", "--mode", "qlora", "--use-cpu",
-           "--config", str(REPO / "configs" / "tiny_cpu.yaml"),
-           *tiny_sets(sample40, model_cache, out, "training.num_epochs=1")]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600,
-                         env={**os.environ, "COLUMNS": "200"})
+    res = ego_here("train", "--mode", "qlora", "--use-cpu", "--config", TINY,
+                   *tiny_sets(sample40, model_cache, out, "training.num_epochs=1"))
     assert res.returncode == 0, res.stderr[-2000:]
     return out
 
@@ -102,6 +135,14 @@ def pytest_testnodedown(node, error) -> None:
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
+    before = getattr(terminalreporter.config, "_repo_before", None)
+    if before is not None:
+        written = sorted(_repo_files() - before)
+        if written:
+            terminalreporter.write_line(f"FAILED: the tests wrote into the repository: {', '.join(written[:10])}",
+                                        red=True)
+            terminalreporter._session.exitstatus = 1
+
     corpus = _corpus()
     if corpus is not None:
         cases, checked = len(corpus.CASES), len(corpus.CHECKED)
