@@ -18,7 +18,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import learning  # noqa: E402
 
 
-@pytest.mark.slow
+@pytest.mark.learning
 def test_a_short_demo_run_beats_chance_on_colour_and_direction(tmp_path: Path, model_cache: Path) -> None:
     summary = learning.main(["--clips", "6000", "--held-out", "60", "--seed", "5", "--work", str(tmp_path),
                              "--no-baseline", "--set", f"model.cache_dir={model_cache}",

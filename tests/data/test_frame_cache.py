@@ -165,19 +165,17 @@ def test_two_processes_filling_one_entry_leave_one_valid_file(clip: Path, tmp_pa
 
 
 def test_validate_warm_cache_fills_then_hits(sample_dir: Path, tmp_path: Path) -> None:
-    ego = str(Path(sys.executable).parent / "ego4d-ft")
+    from cli_helpers import TINY, ego_here
+
     sets = [f"data.data_path={sample_dir / 'Ego4D.json'}", f"data.video_folder={sample_dir / 'videos'}",
             f"data.eval_ids_file={sample_dir / 'eval_ids.txt'}", f"data.frame_cache_dir={tmp_path / 'frames'}"]
-    cmd = [ego, "data", "validate", "--config", str(REPO / "configs" / "tiny_cpu.yaml"), "--warm-cache"]
-    cmd += [a for s in sets for a in ("--set", s)]
-    env = {**os.environ, "COLUMNS": "200"}
-    first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
+    cmd = ["data", "validate", "--config", TINY, "--warm-cache", *[a for s in sets for a in ("--set", s)]]
+    first = ego_here(*cmd)
     assert first.returncode == 0, first.stderr
     assert "written 12, already there 0, failed 0" in first.stdout
     assert len(_entries(tmp_path / "frames")) == 12
     assert len(list((tmp_path / "frames" / "probes").rglob("*.json"))) == 12  # the next run skips probing
-    second = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
+    second = ego_here(*cmd)
     assert "written 0, already there 12, failed 0" in second.stdout
-    off = subprocess.run([*cmd, "--set", "data.frame_cache=false"], capture_output=True, text=True, cwd=REPO,
-                         timeout=300, env=env)
+    off = ego_here(*cmd, "--set", "data.frame_cache=false")
     assert off.returncode == 1 and "frame cache is off" in off.stderr
