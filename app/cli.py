@@ -20,6 +20,9 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Make and check Ego4D-format data.", no_args_is_help=True)
 model_app = typer.Typer(help="Look at the model before spending GPU hours on it.", no_args_is_help=True)
+import_app = typer.Typer(help="Convert a public annotation format into this project's Ego4D format.",
+                         no_args_is_help=True)
+data_app.add_typer(import_app, name="import")
 app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
 
@@ -147,12 +150,26 @@ def data_sample(
     audio: Annotated[bool, typer.Option(help="Tone tracks, separate audio files and spoken questions.")] = True,
     workers: Annotated[int, typer.Option(min=1, help="Processes writing clips (same files for any number).")] = 1,
     object_size: Annotated[float, typer.Option(help="The object's radius as a share of the frame side.")] = 0.16,
+    mcq: Annotated[bool, typer.Option("--mcq", help="Ask every question as 4-way multiple choice (letters).")] = False,
 ):
     """Write a synthetic Ego4D-format set: real H.264 mp4 clips with audio, a held-out split."""
     from app.pipelines.data import sample
 
     _run(sample, out, clips=clips, seed=seed, size=size, frames=frames, num_eval=held_out, audio=audio,
-         workers=workers, object_size=object_size)
+         workers=workers, object_size=object_size, mcq=mcq)
+
+
+@import_app.command("egoschema")
+def data_import_egoschema(
+    questions: Annotated[Path, typer.Option("--questions", help="EgoSchema questions.json.")],
+    answers: Annotated[Path, typer.Option("--answers", help="Answers {q_uid: index}, e.g. subset_answers.json.")],
+    videos: Annotated[Path, typer.Option("--videos", help="Folder holding <q_uid>.mp4 (searched recursively).")],
+    out: Annotated[Path, typer.Option("--out", help="Records file to write (Ego4D format).")],
+):
+    """EgoSchema multiple choice -> records with lettered options (lmms-eval's prompt), answers as letters."""
+    from app.pipelines.data import import_egoschema
+
+    _run(import_egoschema, questions, answers, videos, out)
 
 
 @data_app.command("validate")

@@ -45,11 +45,11 @@ def _run(step: str, *args: str) -> float:
 DEMO_DATA = ("--size", "56", "--frames", "8", "--object-size", "0.3", "--no-audio", "--workers", "2")
 
 
-def _sample(work: Path, clips: int, seed: int, held_out: int) -> Path:
-    sample = work / f"sample-{clips}-{seed}-{held_out}"
+def _sample(work: Path, clips: int, seed: int, held_out: int, mcq: bool = False) -> Path:
+    sample = work / f"sample-{clips}-{seed}-{held_out}{'-mcq' if mcq else ''}"
     if not (sample / "eval_ids.txt").is_file():  # written last by `data sample`
         _run("data sample", "data", "sample", "--out", str(sample), "--clips", str(clips), "--seed", str(seed),
-             "--held-out", str(held_out), *DEMO_DATA)
+             "--held-out", str(held_out), *DEMO_DATA, *(["--mcq"] if mcq else []))
     return sample
 
 
@@ -75,10 +75,11 @@ def main(argv: list[str] | None = None) -> dict:
                     help="config override for baseline and train, repeatable")
     ap.add_argument("--work", type=Path, default=REPO / ".cache" / "learning")
     ap.add_argument("--no-baseline", action="store_true", help="train and score M1 only (M0 shows n/a)")
+    ap.add_argument("--mcq", action="store_true", help="every question as 4-way multiple choice (answers: letters)")
     args = ap.parse_args(argv)
 
     work = args.work.resolve()
-    sample = _sample(work, args.clips, args.seed, args.held_out)
+    sample = _sample(work, args.clips, args.seed, args.held_out, args.mcq)
     out = work / "runs" / time.strftime("%Y%m%d-%H%M%S")
     sets = [f"data.data_path={sample / 'Ego4D.json'}", f"data.video_folder={sample / 'videos'}",
             f"data.eval_ids_file={sample / 'eval_ids.txt'}", f"output_dir={out}", "tracking.enabled=false",
@@ -102,12 +103,21 @@ def main(argv: list[str] | None = None) -> dict:
         table.add_row(r["type"], str(r["questions"]), f(r["chance"]), f(r["m0"]), f(r["m1"]), f(r["margin"], True))
     console = Console(width=140)
     console.print(table)
+    m1 = trained.get("eval") or {}
+    mcq = {name: {k: m.get(k) for k in ("mcq_accuracy", "mcq_accuracy_ll", "mcq_questions")}
+           for name, m in (("m0", m0), ("m1", m1))} if args.mcq else None
+    if mcq:
+        console.print("multiple choice (letter written / most likely option): "
+                      f"M0 {f(mcq['m0']['mcq_accuracy'])} / {f(mcq['m0']['mcq_accuracy_ll'])}, "
+                      f"M1 {f(mcq['m1']['mcq_accuracy'])} / {f(mcq['m1']['mcq_accuracy_ll'])} "
+                      f"over {mcq['m1']['mcq_questions']} questions", highlight=False)
     console.print(f"baseline {seconds['baseline']:.0f} s, train + evaluation {seconds['train']:.0f} s "
                   f"({trained.get('train_seconds', 0):.0f} s training, last epoch loss "
                   f"{(trained.get('epoch_losses') or [{}])[-1].get('mean_loss', float('nan')):.3f}); runs in {out}",
                   highlight=False)
     summary = {"config": str(args.config), "clips": args.clips, "seed": args.seed, "sets": args.sets,
-               "rows": rows, "seconds": seconds, "train_seconds": trained.get("train_seconds"), "out": str(out)}
+               "rows": rows, "mcq": mcq, "seconds": seconds, "train_seconds": trained.get("train_seconds"),
+               "out": str(out)}
     (out / "learning.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

@@ -23,11 +23,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _repo_files() -> set[str]:
-    """Paths git would list as new, changed or ignored: what a test that writes into the repository leaves."""
-    out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], cwd=REPO,
-                         capture_output=True, text=True)
+    """Paths git lists as untracked or ignored: what a test that writes into the repository leaves."""
+    out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "--", ".", ":!.venv"],
+                         cwd=REPO, capture_output=True, text=True)
     skip = ("__pycache__", ".pytest_cache", ".ruff_cache", ".venv/", "ego4d_ft.egg-info")
-    return {line[3:] for line in out.stdout.splitlines() if not any(part in line for part in skip)}
+    return {line[3:] for line in out.stdout.splitlines()
+            if line[:2] in ("??", "!!") and not any(part in line for part in skip)}
 
 
 def pytest_configure(config) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from app.config import DataConfig
 from app.data.geometry import clip_plan
+from app.data.mcq import check_options
 from app.data.paths import derive_id, locate
 from app.data.video import VideoInfo
 from app.errors import UserError
@@ -43,6 +44,7 @@ BAD_SYSTEM_PROMPT = "system_prompt is not a string"
 MISSING_CONVERSATIONS = "missing or empty conversations"
 BAD_TURN = "malformed turn (needs from/value strings)"
 UNKNOWN_ROLE = "unknown role in conversations"
+BAD_OPTIONS = "options not a list of 2-10 strings on a gpt turn"
 NO_GPT_TURN = "no gpt turn"
 MULTIPLE_IMAGE = "<image>/<video> more than once"
 BOTH_PLACEHOLDERS = "both <image> and <video> (one video per record)"
@@ -90,6 +92,7 @@ class Turn:
     role: str  # "human" | "gpt"
     value: str
     type: str | None = None
+    options: tuple[str, ...] | None = None  # a multiple-choice gpt turn's options (`app.data.mcq`)
 
 
 @dataclass
@@ -221,7 +224,12 @@ def _parse_turns(raw: object) -> tuple[list[Turn] | None, str | None]:
         if t["from"] not in ROLES:
             return None, UNKNOWN_ROLE
         kind = t.get("type")
-        turns.append(Turn(t["from"], t["value"], str(kind) if kind is not None else None))
+        options = None
+        if "options" in t:
+            options = check_options(t["options"])
+            if options is None or t["from"] != "gpt":
+                return None, BAD_OPTIONS
+        turns.append(Turn(t["from"], t["value"], str(kind) if kind is not None else None, options))
     if not any(t.role == "gpt" for t in turns):
         return None, NO_GPT_TURN
     counts = [sum(t.value.count(tag) for t in turns) for tag in VISION_TOKENS]
@@ -242,7 +250,7 @@ def _apply_speech(turns: list[Turn], text: str | None) -> list[Turn]:
         if SPEECH_TOKEN in t.value:
             value = t.value.replace(SPEECH_TOKEN + "\n", SPEECH_TOKEN) if text is None else t.value
             value = value.replace(SPEECH_TOKEN, text or "").strip()
-            t = Turn(t.role, value, t.type)
+            t = Turn(t.role, value, t.type, t.options)
         out.append(t)
     return out
 

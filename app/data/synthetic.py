@@ -22,6 +22,7 @@ import numpy as np
 import soundfile as sf
 from rich.progress import Progress
 
+from app.data.mcq import LETTERS, format_question
 from app.data.media_files import AUDIO_SR, tone, write_clip, write_mp3
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -256,14 +257,25 @@ def render_frames(spec: ClipSpec, frames: int, size: int, seed: int) -> np.ndarr
     return out
 
 
-def _conversations(spec: ClipSpec, rng: random.Random, speech: bool) -> list[dict[str, str]]:
-    turns: list[dict[str, str]] = []
+def _conversations(spec: ClipSpec, rng: random.Random, speech: bool, mcq: bool = False) -> list[dict]:
+    """One human/gpt pair per question type the clip asks. `mcq`: lettered options, the answer is the letter.
+
+    The options are a type's four values in a fixed order, so correct letters are exactly as balanced as the
+    answers, and what is learned is the video, as open-ended: a shuffled order would add a text-matching task
+    (find the colour among the options) that the tiny twin cannot learn in a test's minutes.
+    """
+    turns: list[dict] = []
     for k, qtype in enumerate(spec.types):
         question = rng.choice(PHRASINGS[qtype])
+        answer: dict = {"from": "gpt", "value": getattr(spec, qtype), "type": qtype}
+        if mcq:
+            options = list(VALUES[qtype])
+            question = format_question(question, options)
+            answer.update(value=LETTERS[options.index(getattr(spec, qtype))], options=options)
         if k == 0:
             question = ("<image>\n<speech>\n" if speech else "<image>\n") + question
         turns.append({"from": "human", "value": question})
-        turns.append({"from": "gpt", "value": getattr(spec, qtype), "type": qtype})
+        turns.append(answer)
     return turns
 
 
@@ -314,12 +326,14 @@ def make_sample_set(
     num_eval: int | None = None,
     workers: int = 1,
     object_size: float = OBJECT_SIZE,
+    mcq: bool = False,
 ) -> SampleSummary:
     """Write the synthetic set under out_dir and return what was written. Same seed, same files.
 
     `audio=False` leaves the tone tracks, the separate audio files and the spoken-question records out (the mp4s
     are then ~5x faster to write: AAC encoding dominates). `num_eval` held-out clips instead of `eval_fraction`.
-    `workers` processes write the clips; the files are the same for any number of workers.
+    `workers` processes write the clips; the files are the same for any number of workers. `mcq`: every question
+    as four-way multiple choice (`app.data.mcq`), answered by its letter.
     """
     if size < 32 or size % 2:
         raise ValueError(f"size must be an even number >= 32 (H.264 4:2:0 needs even sides), got {size}")
@@ -347,7 +361,7 @@ def make_sample_set(
         if audio and i % 5 == 2:  # every 5th record also has a separate audio file, alternating wav and mp3
             audio_path = audio_dir / f"{spec.clip_id}.{'wav' if (i // 5) % 2 == 0 else 'mp3'}"
             record["audio"] = f"audio/{audio_path.name}"
-        record["conversations"] = _conversations(spec, text_rng, speech)
+        record["conversations"] = _conversations(spec, text_rng, speech, mcq)
         if speech:
             transcripts[spec.clip_id] = text_rng.choice(NARRATIONS)
         records.append(record)

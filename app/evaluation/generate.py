@@ -18,6 +18,7 @@ from app.config import DataConfig
 from app.data.conversation import IGNORE_INDEX, encode_for_training, encode_prompt
 from app.data.ego4d import Record
 from app.data.frame_cache import load_clip
+from app.data.mcq import option_reply
 from app.data.padding import PaddingCollator
 from app.data.video import VideoError
 from app.profiler import Profiler
@@ -40,6 +41,10 @@ class EvalItem:
         gpt = [i for i, t in enumerate(self.record.turns) if t.role == "gpt"][self.gpt_index]
         return self.record.turns[gpt - 1].value if gpt > 0 else ""
 
+    @property
+    def options(self) -> tuple[str, ...] | None:
+        return [t for t in self.record.turns if t.role == "gpt"][self.gpt_index].options
+
 
 def eval_items(records: Iterable[Record]) -> list[EvalItem]:
     items = []
@@ -49,10 +54,14 @@ def eval_items(records: Iterable[Record]) -> list[EvalItem]:
     return items
 
 
-def _upto_answer(record: Record, gpt_index: int) -> Record:
-    """The record cut just after its `gpt_index`-th answer (for scoring that answer alone)."""
+def _upto_answer(record: Record, gpt_index: int, answer: str | None = None) -> Record:
+    """The record cut just after its `gpt_index`-th answer (for scoring that answer alone), which `answer`
+    replaces when given (an option of a multiple-choice question)."""
     gpts = [i for i, t in enumerate(record.turns) if t.role == "gpt"]
-    return replace(record, turns=record.turns[: gpts[gpt_index] + 1])
+    turns = record.turns[: gpts[gpt_index] + 1]
+    if answer is not None:
+        turns = [*turns[:-1], replace(turns[-1], value=answer)]
+    return replace(record, turns=turns)
 
 
 def _last_span_only(labels: torch.Tensor) -> torch.Tensor:
@@ -108,26 +117,21 @@ def run_batch(
     predictions = [p.strip() for p in processor.batch_decode(new_tokens, skip_special_tokens=True)]
 
     # Scoring: the reference answer under teacher forcing, same items, same batch.
-    scored = []
-    for it in items:
-        enc = encode_for_training(_upto_answer(it.record, it.gpt_index), frames[it.record.id], processor)
-        enc["labels"] = _last_span_only(enc["labels"])
-        scored.append(enc)
-    sbatch = _to_device(PaddingCollator(pad_id, padding_side="right")(scored), device, vision_dtype)
     profiler.timer.start("score")
-    labels = sbatch.pop("labels")
-    out = model(**sbatch, labels=labels)
+    sums, counts = _answer_nll(model, processor, [
+        encode_for_training(_upto_answer(it.record, it.gpt_index), frames[it.record.id], processor) for it in items
+    ], device, vision_dtype)
+    # A multiple-choice question: every option as the answer, one forward per question, each option's mean NLL.
+    option_nll: list[list[float] | None] = []
+    for it in items:
+        if not it.options:
+            option_nll.append(None)
+            continue
+        encs = [encode_for_training(_upto_answer(it.record, it.gpt_index, option_reply(k, o)), frames[it.record.id],
+                                    processor) for k, o in enumerate(it.options)]
+        o_sums, o_counts = _answer_nll(model, processor, encs, device, vision_dtype)
+        option_nll.append([float(a / b) if b else None for a, b in zip(o_sums, o_counts, strict=True)])
     profiler.timer.stop("score")
-    shift_labels = labels[:, 1:]
-    counts = (shift_labels != IGNORE_INDEX).sum(1)
-    if getattr(out, "token_nll", None) is not None:
-        # LLaVA-OV-1.5 ran its head on the answer tokens only and gives each one's NLL.
-        sums = out.token_nll.sum(1)
-    else:  # a family without that (llava_onevision): full-sequence logits
-        nll = torch.nn.functional.cross_entropy(
-            out.logits.float()[:, :-1].transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="none"
-        )
-        sums = nll.sum(1)
 
     profiler.count(generated, len(items))
     return [
@@ -141,9 +145,31 @@ def run_batch(
             "prediction": pred,
             "answer_nll": float(s / c) if c else None,
             "answer_tokens": int(c),
+            **({"options": list(it.options), "option_nll": o} if it.options else {}),
         }
-        for it, ref, pred, s, c in zip(items, refs, predictions, sums.tolist(), counts.tolist(), strict=True)
+        for it, ref, pred, s, c, o in zip(items, refs, predictions, sums, counts, option_nll, strict=True)
     ]
+
+
+def _answer_nll(model, processor, encoded: list[dict[str, Any]], device, dtype) -> tuple[list[float], list[int]]:
+    """Summed NLL and token count of each sample's last answer (teacher-forced, one padded forward)."""
+    for enc in encoded:
+        enc["labels"] = _last_span_only(enc["labels"])
+    batch = _to_device(PaddingCollator(processor.tokenizer.pad_token_id, padding_side="right")(encoded), device,
+                       dtype)
+    labels = batch.pop("labels")
+    out = model(**batch, labels=labels)
+    shift_labels = labels[:, 1:]
+    counts = (shift_labels != IGNORE_INDEX).sum(1)
+    if getattr(out, "token_nll", None) is not None:
+        # LLaVA-OV-1.5 ran its head on the answer tokens only and gives each one's NLL.
+        sums = out.token_nll.sum(1)
+    else:  # a family without that (llava_onevision): full-sequence logits
+        nll = torch.nn.functional.cross_entropy(
+            out.logits.float()[:, :-1].transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="none"
+        )
+        sums = nll.sum(1)
+    return sums.tolist(), counts.tolist()
 
 
 def evaluate_items(

@@ -24,7 +24,7 @@ from app.config import Config
 from app.console import console
 from app.errors import UserError
 from app.evaluation.generate import EVAL_REGIONS, eval_items, evaluate_items
-from app.evaluation.metrics import EVAL_METRICS, aggregate, item_metrics
+from app.evaluation.metrics import EVAL_METRICS, MCQ_METRICS, aggregate, item_metrics
 from app.evaluation.questions import account, summary_line, video_error_reason
 from app.io import write_atomic
 from app.profiler import Profiler
@@ -140,7 +140,8 @@ def _write_results(
     answered = [r for r in ordered if "prediction" in r]
     skipped = [r for r in ordered if "skipped" in r]
     per_item = [
-        {**r, **item_metrics(r["prediction"], r["reference"], r["answer_nll"], r["answer_tokens"])} for r in answered
+        {**r, **item_metrics(r["prediction"], r["reference"], r["answer_nll"], r["answer_tokens"], r.get("options"),
+                             r.get("option_nll"))} for r in answered
     ]
     metrics = aggregate(
         per_item,
@@ -161,6 +162,10 @@ def print_summary(name: str, metrics: dict, cost: dict) -> None:
     table.add_column("value", justify="right")
     for key in EVAL_METRICS:
         value = metrics.get(key)
+        if key in MCQ_METRICS:
+            if value is None:  # no multiple-choice question in this evaluation
+                continue
+            key = f"{key} ({metrics.get('mcq_questions', '?')} questions)"
         table.add_row(key, "-" if value is None else f"{value:.4f}")
     counts, chance = metrics.get("count_by_type") or {}, metrics.get("chance_by_type") or {}
     for qtype, acc in sorted((metrics.get("accuracy_by_type") or {}).items()):

@@ -8,6 +8,7 @@ default one drops non-ASCII characters, and we never touch nltk data), sacrebleu
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
@@ -15,9 +16,12 @@ from collections.abc import Sequence
 import sacrebleu
 from rouge_score import rouge_scorer
 
+from app.data.mcq import LETTERS
+
 __all__ = [
     "EVAL_METRICS",
     "ITEM_METRICS",
+    "MCQ_METRICS",
     "aggregate",
     "anls",
     "bleu4",
@@ -30,8 +34,11 @@ __all__ = [
 
 # Per-item scores that `aggregate` averages; anything else in an item dict (ids, raw text, nll) is left alone.
 ITEM_METRICS = ("exact_match", "token_f1", "rouge_l", "bleu4", "anls")  # each in [0, 1]
+# Multiple-choice questions (a turn with options), each scored two ways: the letter the model wrote, and the option
+# it finds most likely. None when the evaluation had no such question.
+MCQ_METRICS = ("mcq_accuracy", "mcq_accuracy_ll")
 # The headline metrics of an evaluation, in the order every table, log and report shows them.
-EVAL_METRICS = (*ITEM_METRICS, "answer_nll", "perplexity")
+EVAL_METRICS = (*ITEM_METRICS, "answer_nll", "perplexity", *MCQ_METRICS)
 
 _ARTICLES = frozenset({"a", "an", "the"})
 # Emoji and pictographs are "So"/"Sk"; ZWJ and friends are "Cf"; keycaps are "Me". None of them carry answer content,
@@ -149,13 +156,38 @@ def _exp(x: float) -> float:
     return math.inf if x > _MAX_EXP_ARG else math.exp(x)
 
 
+def mcq_letter(pred: str, options: Sequence[str]) -> str | None:
+    """The option a free-text answer picks: its first standalone letter among the options' (A-E for five), else an
+    option's exact (normalised) text; None when it picks none."""
+    letters = LETTERS[: len(options)]
+    found = re.search(rf"(?<![A-Za-z])([{letters}])(?![A-Za-z])", pred)
+    if found:
+        return found.group(1)
+    norm = normalize_answer(pred)
+    hits = [i for i, option in enumerate(options) if normalize_answer(option) == norm]
+    return LETTERS[hits[0]] if len(hits) == 1 else None
+
+
+def mcq_scores(pred: str, ref: str, options: Sequence[str], option_nll: Sequence[float | None]) -> dict:
+    """Both multiple-choice scores of one question (`ref` is the correct letter): the letter the answer picks,
+    and the option with the lowest mean (length-normalised) NLL."""
+    choice = mcq_letter(pred, options)
+    scored = [(nll, i) for i, nll in enumerate(option_nll) if nll is not None]
+    ll_choice = LETTERS[min(scored)[1]] if scored else None
+    correct = ref.strip().upper()[:1]
+    return {"mcq_choice": choice, "mcq_correct": float(choice == correct),
+            "mcq_ll_choice": ll_choice, "mcq_ll_correct": float(ll_choice == correct)}
+
+
 def item_metrics(
-    pred: str, ref: str, nll: float | None = None, num_answer_tokens: int | None = None
+    pred: str, ref: str, nll: float | None = None, num_answer_tokens: int | None = None,
+    options: Sequence[str] | None = None, option_nll: Sequence[float | None] | None = None,
 ) -> dict[str, float | int]:
     """All per-item scores for one prediction/reference pair.
 
     `nll` is the mean per-token negative log-likelihood of the reference answer under teacher forcing; when given the
     dict also holds `answer_nll`, `perplexity` = exp(nll) and, if known, `num_answer_tokens` (aggregate weights by it).
+    A multiple-choice question (`options`, and each option's mean NLL) adds `mcq_scores`.
     """
     out: dict[str, float | int] = {
         "exact_match": exact_match(pred, ref),
@@ -171,6 +203,8 @@ def item_metrics(
         out["perplexity"] = _exp(float(nll))
         if num_answer_tokens is not None:
             out["num_answer_tokens"] = int(num_answer_tokens)
+    if options:
+        out.update(mcq_scores(pred, ref, options, option_nll or [None] * len(options)))
     return out
 
 
@@ -227,6 +261,8 @@ def aggregate(
     - `chance_by_type`: per type, the exact match a model would get by always giving that type's most common
       (normalised) reference answer: the level a per-type accuracy has to beat to show it read the video (needs
       `refs`, else {});
+    - `mcq_accuracy` / `mcq_accuracy_ll`: over the multiple-choice items (`mcq_questions` of them), the share whose
+      written letter / most likely option is correct; None without any;
     - `empty_predictions`: predictions that normalise to "" (needs `preds`, else None).
     Empty `items` gives num_items 0 and None for every metric.
     """
@@ -256,6 +292,11 @@ def aggregate(
     out["accuracy_by_type"] = {t: sum(v) / len(v) for t, v in sorted(by_type.items())}
     out["count_by_type"] = {t: len(v) for t, v in sorted(by_type.items())}
     out["chance_by_type"] = chance_by_type(types or [None] * n, refs) if refs is not None else {}
+
+    mcq = [it for it in items if "mcq_correct" in it]
+    out["mcq_accuracy"] = _mean([it["mcq_correct"] for it in mcq])
+    out["mcq_accuracy_ll"] = _mean([it["mcq_ll_correct"] for it in mcq])
+    out["mcq_questions"] = len(mcq)
 
     out["num_items"] = n
     out["empty_predictions"] = None if preds is None else sum(1 for p in preds if not normalize_answer(p))

@@ -32,6 +32,28 @@ def sample(out: Path, clips: int = 40, seed: int = 0, **options: Any) -> None:
     )
 
 
+def import_egoschema(questions: Path, answers: Path, videos: Path, out: Path) -> None:
+    """`data import egoschema`: write the records, then say what was written and what was skipped, and why."""
+    from rich.table import Table
+
+    from app.data.egoschema import ids_file
+    from app.data.egoschema import import_egoschema as convert
+
+    report = convert(questions, answers, videos, out)
+    table = Table(title=f"EgoSchema: {report.questions} questions in {questions}")
+    table.add_column("outcome")
+    table.add_column("count", justify="right")
+    table.add_column("examples", overflow="fold")
+    table.add_row("[green]written[/]", str(report.written), "")
+    for reason, count in report.skipped.most_common():
+        table.add_row(f"[red]skipped: {reason}[/]", str(count), ", ".join(report.examples[reason]))
+    console.print(table)
+    console.print(f"wrote {report.written} records to {out}; skipped {sum(report.skipped.values())}", highlight=False)
+    console.print(f"use it with: --set data.data_path={out} --set data.video_folder={videos} "
+                  f"--set data.eval_ids_file={ids_file(out)} (every question held out, for baseline/evaluate)",
+                  highlight=False, soft_wrap=True)
+
+
 def validate(cfg: Config, warm: bool = False) -> DataReport:
     report = load_and_report(cfg)
     if not report.records:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.evaluation.metrics import EVAL_METRICS
+from app.evaluation.metrics import EVAL_METRICS, MCQ_METRICS
 from app.io import write_atomic
 from app.report.charts import PLOT_NAMES, draw_plots
 from app.report.html_page import render_html
@@ -41,6 +41,8 @@ def comparison_rows(m0: RunSummary, m1: RunSummary) -> list[dict[str, Any]]:
     """One row per eval metric, then one per question type. `better` is "M1", "M0", "=" or "n/a" (a side missing)."""
     # Metrics a newer evaluator adds still get a row (higher-is-better unless listed) instead of vanishing.
     names = [*EVAL_METRICS, *sorted((set(m0.metrics) | set(m1.metrics)) - set(EVAL_METRICS))]
+    # Multiple-choice rows only where a run had such questions: an open-ended evaluation shows no empty rows.
+    names = [k for k in names if k not in MCQ_METRICS or k in m0.metrics or k in m1.metrics]
     rows = [_row(k, m0.metrics.get(k), m1.metrics.get(k), k in LOWER_IS_BETTER) for k in names]
     for qtype in sorted(set(m0.accuracy_by_type) | set(m1.accuracy_by_type)):
         rows.append(_row(f"accuracy[{qtype}]", m0.accuracy_by_type.get(qtype), m1.accuracy_by_type.get(qtype), False))
