@@ -19,10 +19,17 @@ def format_question(question: str, options: Sequence[str]) -> str:
     return "\n".join([*lines, POST_PROMPT])
 
 
-def option_reply(index: int, option: str) -> str:
-    """How an option reads as a full answer ("B. blue"): what the likelihood score compares, so that a model that
-    answers with the letter and one that answers with the text both show their preference."""
-    return f"{LETTERS[index]}. {option.strip()}"
+def option_replies(options: Sequence[str], reference: str) -> list[str]:
+    """Each option as the answer would be written in this data, which is what the likelihood score compares: the
+    bare letters when the reference is a letter (EgoSchema, `data sample --mcq`), the option texts when it is one
+    of them, else "B. text". Scoring the letters reads the model's preference at the answer's first position, so
+    a base model that would go on to write prose is still scored on its choice."""
+    ref = reference.strip()
+    if ref in LETTERS[: len(options)]:
+        return list(LETTERS[: len(options)])
+    if ref in [o.strip() for o in options]:
+        return [o.strip() for o in options]
+    return [f"{LETTERS[i]}. {o.strip()}" for i, o in enumerate(options)]
 
 
 def check_options(options: object) -> tuple[str, ...] | None:

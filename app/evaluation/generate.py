@@ -18,7 +18,7 @@ from app.config import DataConfig
 from app.data.conversation import IGNORE_INDEX, encode_for_training, encode_prompt
 from app.data.ego4d import Record
 from app.data.frame_cache import load_clip
-from app.data.mcq import option_reply
+from app.data.mcq import option_replies
 from app.data.padding import PaddingCollator
 from app.data.video import VideoError
 from app.profiler import Profiler
@@ -127,8 +127,9 @@ def run_batch(
         if not it.options:
             option_nll.append(None)
             continue
-        encs = [encode_for_training(_upto_answer(it.record, it.gpt_index, option_reply(k, o)), frames[it.record.id],
-                                    processor) for k, o in enumerate(it.options)]
+        reference = [t for t in it.record.turns if t.role == "gpt"][it.gpt_index].value
+        encs = [encode_for_training(_upto_answer(it.record, it.gpt_index, reply), frames[it.record.id], processor)
+                for reply in option_replies(it.options, reference)]
         o_sums, o_counts = _answer_nll(model, processor, encs, device, vision_dtype)
         option_nll.append([float(a / b) if b else None for a, b in zip(o_sums, o_counts, strict=True)])
     profiler.timer.stop("score")

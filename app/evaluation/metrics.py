@@ -169,14 +169,14 @@ def mcq_letter(pred: str, options: Sequence[str]) -> str | None:
 
 
 def mcq_scores(pred: str, ref: str, options: Sequence[str], option_nll: Sequence[float | None]) -> dict:
-    """Both multiple-choice scores of one question (`ref` is the correct letter): the letter the answer picks,
-    and the option with the lowest mean (length-normalised) NLL."""
+    """Both multiple-choice scores of one question (`ref`: the correct letter, or the correct option's text): the
+    letter the answer picks, and the option whose reply has the lowest mean (length-normalised) NLL."""
     choice = mcq_letter(pred, options)
     scored = [(nll, i) for i, nll in enumerate(option_nll) if nll is not None]
     ll_choice = LETTERS[min(scored)[1]] if scored else None
-    correct = ref.strip().upper()[:1]
-    return {"mcq_choice": choice, "mcq_correct": float(choice == correct),
-            "mcq_ll_choice": ll_choice, "mcq_ll_correct": float(ll_choice == correct)}
+    correct = ref.strip() if ref.strip() in LETTERS[: len(options)] else mcq_letter(ref, options)
+    return {"mcq_choice": choice, "mcq_correct": float(choice is not None and choice == correct),
+            "mcq_ll_choice": ll_choice, "mcq_ll_correct": float(ll_choice is not None and ll_choice == correct)}
 
 
 def item_metrics(

@@ -96,3 +96,13 @@ def test_compare_rows_show_both_accuracies_only_where_a_run_had_multiple_choice(
     assert rows["mcq_accuracy_ll"]["better"] == "M1" and rows["mcq_accuracy"]["delta"] == pytest.approx(0.4)
     open_ended = {r["metric"] for r in comparison_rows(run("baseline", {}), run("qlora", {}))}
     assert "exact_match" in open_ended and not open_ended & {"mcq_accuracy", "mcq_accuracy_ll"}
+
+
+def test_the_likelihood_score_compares_replies_in_the_data_s_own_answer_form():
+    from app.data.mcq import option_replies
+
+    assert option_replies(["red", "blue"], "B") == ["A", "B"]  # letter answers: the letters
+    assert option_replies(["red", "blue"], "blue") == ["red", "blue"]  # text answers: the texts
+    assert option_replies(["red", "blue"], "it is blue") == ["A. red", "B. blue"]
+    text = item_metrics("blue", "blue", 1.0, 1, ["red", "blue"], [2.0, 0.5])
+    assert (text["mcq_choice"], text["mcq_correct"], text["mcq_ll_correct"]) == ("B", 1.0, 1.0)
