@@ -130,6 +130,24 @@ def compare(
 
 
 @app.command()
+def ask(
+    video: Annotated[Path, typer.Argument(help="The clip to ask about (any format `data validate` accepts).")],
+    question: Annotated[str, typer.Argument(help="The question; <speech> marks where --audio's words go.")],
+    model: Annotated[str, typer.Option(
+        "--model", help="base, an adapter dir, models:/NAME/VERSION, models:/NAME@ALIAS or runs:/ID/PATH.")] = "base",
+    audio: Annotated[Path | None, typer.Option("--audio", help="Audio for <speech> (transcript strategy).")] = None,
+    base_too: Annotated[bool, typer.Option("--base-too", help="Also print the base model's answer.")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    use_cpu: CpuOpt = False,
+):
+    """Answer one question about one clip, streamed as it is generated (frames and prompt as in training)."""
+    from app.pipelines.ask import ask as run_ask
+
+    _run(run_ask, _config(config, set_, use_cpu), model, video, question, audio=audio, base_too=base_too)
+
+
+@app.command()
 def ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000, config: ConfigOpt = None, set_: SetOpt = None
 ):

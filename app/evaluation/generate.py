@@ -97,7 +97,6 @@ def run_batch(
     device = next(model.parameters()).device
     vision_dtype = getattr(model, "dtype", None)
     pad_id = processor.tokenizer.pad_token_id
-    eos = [processor.tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_id]
 
     # Generation: left padding so every prompt ends where its answer begins.
     prompts, refs = [], []
@@ -107,10 +106,7 @@ def run_batch(
         refs.append(ref)
     batch = _to_device(PaddingCollator(pad_id, padding_side="left")(prompts), device, vision_dtype)
     profiler.timer.start("generate")
-    out = model.generate(
-        **batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True, pad_token_id=pad_id,
-        eos_token_id=eos,
-    )
+    out = model.generate(**batch, **_greedy(processor, max_new_tokens))
     profiler.timer.stop("generate")
     new_tokens = out[:, batch["input_ids"].shape[1]:]
     generated = int(sum(int((row != pad_id).sum()) for row in new_tokens))
@@ -150,6 +146,25 @@ def run_batch(
         }
         for it, ref, pred, s, c, o in zip(items, refs, predictions, sums, counts, option_nll, strict=True)
     ]
+
+
+def _greedy(processor, max_new_tokens: int) -> dict[str, Any]:
+    """How every answer is generated, in evaluation and in `ask`: greedy, cached, ending at <|im_end|>."""
+    pad_id = processor.tokenizer.pad_token_id
+    eos = [processor.tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_id]
+    return {"max_new_tokens": max_new_tokens, "do_sample": False, "use_cache": True, "pad_token_id": pad_id,
+            "eos_token_id": eos}
+
+
+@torch.no_grad()
+def answer(model, processor, record: Record, frames, max_new_tokens: int, streamer=None) -> str:
+    """The answer to `record`'s first question, generated exactly as the evaluation generates it (one item, so no
+    padding); `streamer` (transformers' streamer protocol) receives the text as it comes."""
+    enc, _ = encode_prompt(record, frames, processor, 0)
+    batch = _to_device(PaddingCollator(processor.tokenizer.pad_token_id, padding_side="left")([enc]),
+                       next(model.parameters()).device, getattr(model, "dtype", None))
+    out = model.generate(**batch, **_greedy(processor, max_new_tokens), streamer=streamer)
+    return processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)[0].strip()
 
 
 def _answer_nll(model, processor, encoded: list[dict[str, Any]], device, dtype) -> tuple[list[float], list[int]]:
