@@ -148,6 +148,21 @@ def ask(
 
 
 @app.command()
+def export(
+    model: Annotated[str, typer.Option(
+        "--model", help="Adapter dir, models:/NAME/VERSION, models:/NAME@ALIAS or runs:/ID/PATH.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the merged model into.")],
+    register: Annotated[bool, typer.Option("--register", help="Register the merged model (NAME-merged).")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+):
+    """Merge the adapter into its full-precision base and save a plain checkpoint (hub layout, safetensors)."""
+    from app.pipelines.export import export as run_export
+
+    _run(run_export, _config(config, set_), model, out, register=register)
+
+
+@app.command()
 def ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000, config: ConfigOpt = None, set_: SetOpt = None
 ):

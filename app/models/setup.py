@@ -129,10 +129,8 @@ def adapter_meta(cfg: Config, mode: str) -> dict[str, Any]:
     return {"mode": mode, "base_model": base, "family": cfg.model.family, "config_hash": cfg.config_hash()}
 
 
-def load_adapter(cfg: Config, adapter_dir: Path, say: Callable[[str], Any] = print):
-    """`(model, processor, meta)`: the adapter's base (from its meta or adapter_config.json) + the adapter."""
-    from peft import PeftModel
-
+def adapter_base(adapter_dir: Path) -> tuple[str, dict[str, Any]]:
+    """Where an adapter's base weights are (its meta, else adapter_config.json) and its meta (ADAPTER_META)."""
     config_file = adapter_dir / "adapter_config.json"
     if not config_file.is_file():
         raise UserError(f"{adapter_dir}: not an adapter folder (no adapter_config.json)")
@@ -146,6 +144,21 @@ def load_adapter(cfg: Config, adapter_dir: Path, say: Callable[[str], Any] = pri
         raise UserError(f"{config_file}: base_model_name_or_path is empty")
     if not Path(base).exists() and "/" not in base:
         raise UserError(f"{config_file}: base model {base!r} not found")
+    return base, meta
+
+
+def load_adapter(cfg: Config, adapter_dir: Path, say: Callable[[str], Any] = print):
+    """`(model, processor, meta)`: the adapter's base, quantised as it was trained, with the adapter on it.
+
+    A folder `export` wrote (a merged model: config.json and weights, no adapter) loads as a plain model."""
+    from peft import PeftModel
+
+    if not (adapter_dir / "adapter_config.json").is_file() and (adapter_dir / "config.json").is_file():
+        meta_file = adapter_dir / ADAPTER_META
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        model, processor, _ = load_model(cfg, "baseline", path=str(adapter_dir), say=say)
+        return model, processor, {**meta, "mode": "merged"}
+    base, meta = adapter_base(adapter_dir)
     mode = "qlora" if meta.get("mode") == "qlora" else "baseline"
     model, processor, _ = load_model(cfg, mode, path=base, say=say)
     return PeftModel.from_pretrained(model, str(adapter_dir)), processor, meta

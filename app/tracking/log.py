@@ -235,3 +235,14 @@ def register(adapter_dir: Path, cfg, mode: str) -> dict[str, Any] | None:
     # Not wrapped in retry_locked as a whole: a retry after the version was created would create a second one.
     # register_adapter retries its own steps, each of which first looks for what an earlier attempt made.
     return register_adapter(adapter_dir, name)
+
+
+def register_merged(model_dir: Path, cfg) -> dict[str, Any] | None:
+    """Register an `export`ed merged model as a version of `<tracking.registered_model>-merged`."""
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return None
+    from app.tracking.registry import register_adapter
+
+    return register_adapter(model_dir, f"{cfg.tracking.registered_model}-merged")

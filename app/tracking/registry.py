@@ -109,6 +109,8 @@ def resolve_model_ref(ref: str, cfg) -> Path:
         raise UserError(f"{ref}: cannot fetch from {uri} ({one_line(exc)})") from None
     # pyfunc keeps an artifact folder under artifacts/<its own name>; a runs:/ path may point at it directly.
     found = sorted(local.glob("adapter_config.json")) + sorted(local.glob("**/adapter_config.json"))
+    # A merged model (`export --register`) is a plain checkpoint: its config.json beside safetensors weights.
+    found += [c for c in sorted(local.glob("**/config.json")) if any(c.parent.glob("*.safetensors"))]
     if found:
         return found[0].parent
-    raise UserError(f"{ref}: no adapter_config.json in the downloaded artifacts ({local})")
+    raise UserError(f"{ref}: no adapter_config.json or merged model in the downloaded artifacts ({local})")
