@@ -55,7 +55,16 @@ def ego_here(*args: str) -> Ran:
 
     from app.cli import app
 
-    result = CliRunner().invoke(app, [str(a) for a in args])
+    # A run given `--set tracking.uri=...` points MLflow there, and MLflow's set_tracking_uri also sets
+    # MLFLOW_TRACKING_URI, which every later run and subprocess of this test process would inherit: put it back.
+    store = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        result = CliRunner().invoke(app, [str(a) for a in args])
+    finally:
+        if store is not None and "mlflow" in sys.modules:
+            sys.modules["mlflow"].set_tracking_uri(store)
+        if store is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = store
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return Ran(result.exit_code, result.stdout, result.stderr)

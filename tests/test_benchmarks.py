@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from cli_helpers import REPO
 
 
 def _load(name: str):

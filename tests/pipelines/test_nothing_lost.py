@@ -2,7 +2,8 @@
 tags and artifact; `compare` refuses runs scored on different questions.
 
 Real components: the tiny model, real mp4 clips, the session's SQLite MLflow store. In-process `baseline`
-calls (no subprocess, no training): three short evaluations over a 12-record copy of the sample set.
+calls (no training): three short evaluations over an 11-record copy of the 12-clip sample set. `compare` runs in
+this process too, and once as users run it (the installed script's end-to-end `compare`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from cli_helpers import TINY, ego, ego_here
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "tiny_cpu.yaml"
+from app.run_files import RunFiles
+
 TRUNCATED, NOT_A_VIDEO = "clip_trunc", "clip_text"
 
 
@@ -36,19 +38,20 @@ def _questions(record: dict) -> int:
 
 
 @pytest.fixture(scope="module")
-def sets(sample40, tmp_path_factory) -> dict:
+def sets(sample_dir, tmp_path_factory) -> dict:
     """5 held-out + 4 train records, plus two held-out records `clip_trunc` / `clip_text`: in `broken` their clips
     are damaged (truncated to 30% of its bytes; a text file named .mp4), in `intact` they are good copies."""
     root = tmp_path_factory.mktemp("nothing_lost")
-    held_out = (sample40 / "eval_ids.txt").read_text().split()[:5]
     train = ["clip_0000", "clip_0001", "clip_0002", "clip_0003"]
-    _copy_set(sample40, root / "intact", held_out, train)
-    chosen = _copy_set(sample40, root / "broken", held_out, train)
+    ids = [r["id"] for r in json.loads((sample_dir / "Ego4D.json").read_text())]
+    held_out = [i for i in ids if i not in train][:5]
+    _copy_set(sample_dir, root / "intact", held_out, train)
+    chosen = _copy_set(sample_dir, root / "broken", held_out, train)
     source = next(r for r in chosen if r["id"] == "clip_0000")  # a train clip with 3 questions, reused twice
     extra = []
     for rid in (TRUNCATED, NOT_A_VIDEO):
         extra.append({**source, "id": rid, "video": f"{rid}.mp4"})
-    data = (sample40 / "videos" / source["video"]).read_bytes()
+    data = (sample_dir / "videos" / source["video"]).read_bytes()
     for name in ("intact", "broken"):
         (root / name / "Ego4D.json").write_text(json.dumps(chosen + extra))
         (root / name / "eval_ids.txt").write_text("\n".join([*held_out, TRUNCATED, NOT_A_VIDEO]) + "\n")
@@ -85,10 +88,7 @@ def _baseline(cfg) -> tuple[dict, str, str]:
     # capsys is per test; rich's own capture works in a module fixture and leaves the console as it was.
     with console.capture() as captured:
         results = evaluate.baseline(cfg)
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(cfg.tracking.experiment)
-    run = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
-    return results, captured.get(), run.info.run_id
+    return results, captured.get(), mlflow.last_active_run().info.run_id  # the run this call made
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,8 @@ def test_clips_refused_while_loading_are_reported_counted_tagged_and_logged(runs
         assert entry["reason"] and entry["file"].endswith(f"{rid}.mp4")
     assert (results["num_answered"], results["num_questions"], results["num_skipped"]) == (good, good + lost, lost)
     assert results["held_out_records"] == {"total": 7, "skipped_while_loading": 2, "skipped_at_decode": 0}
-    on_disk = json.loads((run["out"] / "training" / "baseline" / "baseline_results.json").read_text())
+    files = RunFiles(run["out"]).baseline()
+    on_disk = json.loads(files.results.read_text())
     assert on_disk["skipped"] == results["skipped"] and on_disk["questions_hash"] == results["questions_hash"]
     assert f"scored {good} of {good + lost} held-out questions; skipped {lost} (" in console
     assert "2 of 7 held-out records not scored" in console
@@ -146,7 +147,7 @@ def test_clips_refused_while_loading_are_reported_counted_tagged_and_logged(runs
     assert tags["eval_questions_hash"] == results["questions_hash"]
     artifact = json.loads(Path(client.download_artifacts(run["run_id"], "data/skipped_records.json",
                                                          str(run["out"] / "dl"))).read_text())
-    local = json.loads((run["out"] / "training" / "baseline" / "skipped_records.json").read_text())
+    local = json.loads(files.skipped.read_text())
     assert artifact == local
     assert artifact["total_records"] == 11 and artifact["usable_records"] == 9
     rows = {r["id"]: r for r in artifact["skipped"]}
@@ -171,7 +172,7 @@ def test_clips_that_fail_at_decode_time_are_skipped_with_their_reason(runs, sets
     assert results["held_out_records"]["skipped_at_decode"] == len(skipped)
     assert f"scored {results['num_answered']} of {total} held-out questions; skipped {results['num_skipped']} (" \
         in run["console"]
-    local = json.loads((run["out"] / "training" / "baseline" / "skipped_records.json").read_text())
+    local = json.loads(RunFiles(run["out"]).baseline().skipped.read_text())
     assert NOT_A_VIDEO in {r["id"] for r in local["skipped"] if r["stage"] == "evaluation"}
 
 
@@ -209,15 +210,13 @@ def test_compare_refuses_runs_scored_on_different_questions(runs, sets, tmp_path
 
 
 def test_compare_cli_flag(runs, experiment, tmp_path):
-    from typer.testing import CliRunner
-
-    from app.cli import app
-
     a, b = runs["loading"]["run_id"], runs["intact"]["run_id"]
-    args = ["compare", "--baseline", a, "--candidate", b, "--config", str(TINY), "--set",
-            f"tracking.experiment={experiment}", "--out", str(tmp_path)]
-    refused = CliRunner().invoke(app, args)
-    assert refused.exit_code == 1 and "different held-out questions" in refused.output
-    allowed = CliRunner().invoke(app, [*args, "--allow-different-questions"])
-    assert allowed.exit_code == 0, allowed.output
+    args = ["compare", "--baseline", a, "--candidate", b, "--config", TINY, "--set",
+            f"tracking.experiment={experiment}", "--out", tmp_path]
+    refused = ego_here(*args)
+    assert refused.returncode == 1 and "different held-out questions" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "report.md").exists()
+    # As users run it, on the session's store (inherited through MLFLOW_TRACKING_URI).
+    allowed = ego(*args, "--allow-different-questions")
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
     assert "same questions: no" in (tmp_path / "report.md").read_text()

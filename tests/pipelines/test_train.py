@@ -1,15 +1,23 @@
-"""`ego4d-ft train` end to end on the tiny model and real mp4s: files, learning, profiler, DeepSpeed, resume."""
+"""`ego4d-ft train` (app/pipelines/train.py) on the tiny model and real mp4s: files, learning, profiler, DeepSpeed.
+
+Runs in this process (`ego_here`), except the DeepSpeed engine runs: DeepSpeed sets up a process group that would
+outlive the test in the pytest worker, so they run the installed script as users do (train's end-to-end tests).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
-from train_helpers import REPO, ego
+from cli_helpers import REPO, TINY, ego, ego_here, tiny_sets
+
+from app.run_files import RunFiles
 
 REGIONS = ("step", "forward", "backward", "optimizer", "data_wait")
 STATS = ("mean", "median", "p95", "min", "max")
+TRAIN_12 = 10  # train clips of the 12-clip `sample_dir` (2 held out); batch 4 -> 3 steps an epoch
 
 
 def _load_adapter(adapter: Path, model_cache: Path):
@@ -35,19 +43,25 @@ def _check_profiling(prof: dict, steps: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["qlora", "lora"])
-def test_one_epoch_writes_adapter_results_and_profiling(mode, train_sets, tmp_path, model_cache, request):
-    if mode == "qlora":  # the session's shared run: the same command, 1 epoch, batch 4 on sample40
+# qlora reads the session's shared run (1 epoch, batch 4 on sample40: 32 train clips); lora trains the same way on
+# the 12-clip set, the same code path in fewer steps.
+@pytest.mark.parametrize("mode, train_samples", [("qlora", 32), ("lora", TRAIN_12)], ids=["qlora", "lora"])
+def test_one_epoch_writes_adapter_results_and_profiling(mode, train_samples, sample_dir, model_cache, tmp_path,
+                                                        request):
+    if mode == "qlora":
         out = request.getfixturevalue("trained_qlora")
     else:
-        res = ego("train", "--mode", mode, sets=[*train_sets, "training.num_epochs=1"])
+        out = tmp_path
+        res = ego_here("train", "--mode", mode, "--use-cpu", "--config", TINY,
+                       *tiny_sets(sample_dir, model_cache, out, "training.num_epochs=1", "eval.max_samples=2"))
         assert res.returncode == 0, res.stderr[-2000:]
-        out = tmp_path / "results"
-    results = json.loads((out / "training" / mode / "training_results.json").read_text())
-    assert results["mode"] == mode and results["global_step"] == 8  # 32 train clips, batch 4
-    assert results["train_samples"] == 32 and len(results["epoch_losses"]) == 1
-    _check_profiling(json.loads((out / "profiling" / f"{mode}_profiling.json").read_text()), steps=8)
-    adapter = out / "training" / mode / "final_model"
+    files = RunFiles(out)
+    steps = math.ceil(train_samples / 4)  # batch 4: 8 steps (qlora), 3 (lora)
+    results = json.loads(files.training_results(mode).read_text())
+    assert results["mode"] == mode and results["global_step"] == steps
+    assert results["train_samples"] == train_samples and len(results["epoch_losses"]) == 1
+    _check_profiling(json.loads(files.profiling(mode).read_text()), steps=steps)
+    adapter = files.final_model(mode)
     assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "tokenizer.json").is_file()
     model = _load_adapter(adapter, model_cache)
     assert any("lora_A" in n for n, _ in model.named_parameters())
@@ -62,19 +76,20 @@ def test_one_epoch_writes_adapter_results_and_profiling(mode, train_sets, tmp_pa
 
 
 @pytest.mark.slow
-def test_loss_falls_and_profiler_regions_add_up(train_sets, tmp_path):
+def test_loss_falls_and_profiler_regions_add_up(sample_dir, model_cache, tmp_path):
     """Four epochs: the model learns (last epoch's mean loss below the first's), and the timed regions account
     for the step. The tighter goal (forward + backward + optimizer within 15% of the step, with data wait
     excluded) depends on machine load, so it is measured by benchmarks/profiler_share.py, not asserted here."""
-    res = ego("train", "--mode", "qlora",
-              sets=[*train_sets, "training.num_epochs=4", "training.per_device_batch_size=8"])
+    res = ego_here("train", "--mode", "qlora", "--use-cpu", "--config", TINY,
+                   *tiny_sets(sample_dir, model_cache, tmp_path, "training.num_epochs=4",
+                              "training.per_device_batch_size=8", "eval.max_samples=1"))
     assert res.returncode == 0, res.stderr[-2000:]
-    out = tmp_path / "results"
-    results = json.loads((out / "training" / "qlora" / "training_results.json").read_text())
+    files = RunFiles(tmp_path)
+    results = json.loads(files.training_results("qlora").read_text())
     losses = [e["mean_loss"] for e in results["epoch_losses"]]
     assert len(losses) == 4 and losses[-1] < losses[0]
-    prof = json.loads((out / "profiling" / "qlora_profiling.json").read_text())
-    _check_profiling(prof, steps=16)
+    prof = json.loads(files.profiling("qlora").read_text())
+    _check_profiling(prof, steps=4 * math.ceil(TRAIN_12 / 8))  # 2 steps an epoch
     # Per step the regions are disjoint parts of the step's span, so their sum can never exceed it.
     raw = prof["raw"]["steps"]
     coverage = sorted(
@@ -88,31 +103,34 @@ def test_loss_falls_and_profiler_regions_add_up(train_sets, tmp_path):
 @pytest.mark.slow
 # The two mode x stage pairs that tests/distributed/test_torchrun.py does not run with 2 processes.
 @pytest.mark.parametrize("mode, zero", [("qlora", "zero2"), ("lora", "zero3")])
-def test_deepspeed_engine_on_cpu(mode, zero, train_sets, tmp_path, model_cache):
+def test_deepspeed_engine_on_cpu(mode, zero, sample_dir, model_cache, tmp_path):
     ds = REPO / "configs" / f"deepspeed_{zero}.json"
-    res = ego("train", "--mode", mode, "--deepspeed", str(ds), sets=[*train_sets, "training.num_epochs=1"])
+    res = ego("train", "--mode", mode, "--use-cpu", "--deepspeed", ds, "--config", TINY,
+              *tiny_sets(sample_dir, model_cache, tmp_path, "training.num_epochs=1", "eval.max_samples=2"))
     assert res.returncode == 0, res.stderr[-3000:]
-    out = tmp_path / "results"
-    results = json.loads((out / "training" / mode / "training_results.json").read_text())
-    assert results["zero_stage"] == int(zero[-1]) and results["global_step"] == 8
-    prof = json.loads((out / "profiling" / f"{mode}_profiling.json").read_text())
+    files = RunFiles(tmp_path)
+    results = json.loads(files.training_results(mode).read_text())
+    assert results["zero_stage"] == int(zero[-1]) and results["global_step"] == math.ceil(TRAIN_12 / 4)
+    prof = json.loads(files.profiling(mode).read_text())
     assert prof["optimizer_in_backward"] is True
     # Under ZeRO-3 the LoRA weights are sharded; the saved adapter must hold the gathered, full tensors.
     from safetensors.torch import load_file
 
-    tensors = load_file(out / "training" / mode / "final_model" / "adapter_model.safetensors")
+    tensors = load_file(files.final_model(mode) / "adapter_model.safetensors")
     assert tensors and all(t.dim() == 2 and t.numel() > 0 for n, t in tensors.items() if "lora_" in n)
-    _load_adapter(out / "training" / mode / "final_model", model_cache)
+    _load_adapter(files.final_model(mode), model_cache)
 
 
-def test_unworkable_deepspeed_combination_fails_before_loading(train_sets, tmp_path):
+def test_unworkable_deepspeed_combination_fails_before_loading(sample_dir, model_cache, tmp_path):
     ds = json.loads((REPO / "configs" / "deepspeed_zero3.json").read_text())
     ds["zero_optimization"]["offload_param"] = {"device": "cpu"}
     bad = tmp_path / "zero3_offload.json"
     bad.write_text(json.dumps(ds))
-    res = ego("train", "--mode", "qlora", "--deepspeed", str(bad), sets=train_sets)
+    sets = tiny_sets(sample_dir, model_cache, tmp_path / "out")
+    res = ego_here("train", "--mode", "qlora", "--use-cpu", "--deepspeed", bad, "--config", TINY, *sets)
     assert res.returncode == 1
     assert "offload_param" in res.stderr and str(bad) in res.stderr and "Traceback" not in res.stderr
     assert "model:" not in res.stdout  # refused before the model was built
-    missing = ego("train", "--mode", "qlora", "--deepspeed", str(tmp_path / "nope.json"), sets=train_sets)
+    missing = ego_here("train", "--mode", "qlora", "--use-cpu", "--deepspeed", tmp_path / "nope.json",
+                       "--config", TINY, *sets)
     assert missing.returncode == 1 and "DeepSpeed config not found" in missing.stderr

@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import tiny_sets
+from cli_helpers import REPO, TINY, ego_here, tiny_sets
 
 from app.errors import UserError
 from app.models.loading import load_model_and_processor, load_processor
 from app.models.tiny import build_tiny_llava_ov15
 from app.tracking.run import flatten, redact
-
-REPO = Path(__file__).resolve().parents[2]
-EGO = str(Path(sys.executable).parent / "ego4d-ft")
 
 
 @pytest.fixture(scope="module")
@@ -78,19 +72,15 @@ def test_pickled_weights_are_never_loaded(tiny_dir, tmp_path):
     assert not marker.exists()
 
 
-def test_adapter_without_safetensors_is_refused(sample40, tmp_path):
-    from typer.testing import CliRunner
-
-    from app.cli import app
-
+def test_adapter_without_safetensors_is_refused(sample_dir, model_cache, tmp_path):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path)}))
     torch.save({"w": torch.zeros(2)}, adapter / "adapter_model.bin")
-    res = CliRunner().invoke(app, ["evaluate", "--model", str(adapter), "--config", "configs/tiny_cpu.yaml",
-                                   *tiny_sets(sample40, tmp_path / "models", tmp_path / "out")])
-    assert res.exit_code == 1
-    assert "no adapter_model.safetensors" in res.output and str(adapter) in res.output
+    res = ego_here("evaluate", "--model", adapter, "--config", TINY,
+                   *tiny_sets(sample_dir, model_cache, tmp_path / "out"))
+    assert res.returncode == 1
+    assert "no adapter_model.safetensors" in res.stderr and str(adapter) in res.stderr
 
 
 def test_app_code_never_unpickles_or_enables_remote_code():
@@ -114,22 +104,22 @@ def test_credentials_are_masked_in_params():
 
 
 @pytest.mark.slow
-def test_run_records_trust_remote_code_and_no_secret(sample40, model_cache, tmp_path):
-    """A real baseline run with secrets in the environment: none of them reaches params, tags or artifacts."""
+def test_run_records_trust_remote_code_and_no_secret(sample_dir, model_cache, tmp_path, fresh_store, monkeypatch):
+    """A real baseline run (in this process) with secrets in the environment: none of them reaches params, tags
+    or artifacts."""
     from mlflow import MlflowClient
 
-    store = f"sqlite:///{tmp_path / 'sec.db'}"
     secret = "hf_SECRET_do_not_log_5417"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "HF_TOKEN": secret, "AWS_SECRET_ACCESS_KEY": secret,
-           "MLFLOW_TRACKING_PASSWORD": secret, "COLUMNS": "200"}
-    cmd = [EGO, "baseline", "--config", "configs/tiny_cpu.yaml",
-           *tiny_sets(sample40, model_cache, tmp_path / "out", "model.trust_remote_code=true", "eval.max_samples=4")]
-    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    for name in ("HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, secret)
+    res = ego_here("baseline", "--config", TINY, *tiny_sets(
+        sample_dir, model_cache, tmp_path / "out", "model.trust_remote_code=true", "eval.max_samples=4",
+        f"tracking.uri={fresh_store}"))
     assert res.returncode == 0, res.stderr[-2000:]
     assert "trust_remote_code=true" in res.stderr  # said out loud, not only tagged
 
-    client = MlflowClient(store)
-    run = client.search_runs([client.get_experiment_by_name("ego4d-ft").experiment_id])[0]
+    client = MlflowClient(fresh_store)
+    (run,) = client.search_runs([client.get_experiment_by_name("ego4d-ft").experiment_id])  # the store is its own
     assert run.data.tags["trust_remote_code"] == "true"
     assert run.data.params["model.trust_remote_code"] == "True"
     everything = json.dumps([run.data.params, run.data.tags])
