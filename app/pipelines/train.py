@@ -50,6 +50,7 @@ def _train(cfg: Config, mode: str, deepspeed: Path | None, ds: dict | None, resu
     from app.data.padding import PaddingCollator
     from app.evaluation.questions import TRAINING, decode_skips
     from app.io import write_json_atomic
+    from app.models.loading import count_4bit_layers
     from app.models.setup import adapter_meta, load_for_training, on_cuda
     from app.profiler import Profiler
     from app.tracking import log as track
@@ -76,6 +77,7 @@ def _train(cfg: Config, mode: str, deepspeed: Path | None, ds: dict | None, resu
     # 2. model: the base for `mode` with LoRA adapters
     model, processor, attn = load_for_training(cfg, mode, zero3=zero_stage(ds) == 3, say=console.print)
     cuda = on_cuda(cfg)
+    quantized_layers = count_4bit_layers(model)  # what trained: > 0 is the proof a qlora run was 4-bit
 
     # 3. dataset: too-long samples are reported and skipped, never cut through their vision tokens
     records, too_long = filter_too_long(report.train, processor, cfg.data)
@@ -140,6 +142,7 @@ def _train(cfg: Config, mode: str, deepspeed: Path | None, ds: dict | None, resu
         "num_epochs": cfg.training.num_epochs,
         "global_step": global_step,
         "train_samples": len(records),
+        "quantized_layers": quantized_layers,
         "skipped_too_long": [{"id": i, "tokens": n} for i, n in too_long],
         "dropped_undecodable": dropped,
         "epoch_losses": epochs,

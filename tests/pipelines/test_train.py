@@ -65,14 +65,9 @@ def test_one_epoch_writes_adapter_results_and_profiling(mode, train_samples, sam
     assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "tokenizer.json").is_file()
     model = _load_adapter(adapter, model_cache)
     assert any("lora_A" in n for n, _ in model.named_parameters())
-    if mode == "qlora":
-        import bitsandbytes as bnb
-
-        from app.models.loading import load_model_and_processor
-
-        quantized, _ = load_model_and_processor(str(model_cache / "tiny-llava-ov15"), mode="qlora",
-                                                compute_dtype="float32")
-        assert any(isinstance(m, bnb.nn.Linear4bit) for m in quantized.modules())
+    # What trained, counted by the run itself: every LLM projection of the tiny twin's 2 layers in 4-bit under
+    # qlora (7 a layer), none under lora.
+    assert results["quantized_layers"] == (14 if mode == "qlora" else 0)
 
 
 @pytest.mark.slow
