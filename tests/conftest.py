@@ -17,8 +17,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # rich sizes its tables from COLUMNS when its consoles are created; tests read words out of those tables, so every
 # process (pytest-xdist workers have no terminal) gets the same, wide width.
 os.environ["COLUMNS"] = "200"
-# DeepSpeed compiles an op on first use: kept between test sessions, outside the repository.
-os.environ["TORCH_EXTENSIONS_DIR"] = str(Path(tempfile.gettempdir()) / f"ego4d-ft-tests-{os.getuid()}" / "torch_ext")
+# Kept between test sessions, outside the repository: DeepSpeed's ops compiled on first use, and hypothesis'
+# example database (it would write .hypothesis/ into the current folder).
+_KEEP = Path(tempfile.gettempdir()) / f"ego4d-ft-tests-{os.getuid()}"
+os.environ["TORCH_EXTENSIONS_DIR"] = str(_KEEP / "torch_ext")
+os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = str(_KEEP / "hypothesis")
 REPO = Path(__file__).resolve().parents[1]
 
 
