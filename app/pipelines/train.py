@@ -108,7 +108,10 @@ def _train(cfg: Config, mode: str, deepspeed: Path | None, ds: dict | None, resu
     elif resume_from is not None:
         console.print(f"resuming from {resume_from}")
     train_started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    try:
+        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:  # the batched step metrics reach the run even when it ends KILLED (SIGTERM) or FAILED
+        track.log_step.flush()
     train_seconds = time.perf_counter() - train_started
 
     # 6. final adapter and profile. Collectives, so every rank takes part: the save (ZeRO-3 gathers the LoRA

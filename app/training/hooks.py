@@ -105,6 +105,12 @@ class ProfilerCallback(TrainerCallback):
         flush = getattr(self.on_step, "flush", None)  # a batching tracker holds the last steps' metrics
         if flush:
             flush()
+        # Persistent loader workers outlive training inside the Trainer's reference cycles; when the garbage
+        # collector frees them later, each one's shutdown times out (5 s a worker, measured), stalling whatever
+        # runs then (the adapter's evaluation). Stop them now. `_iterator` is torch's DataLoader's own handle.
+        iterator = getattr(kwargs.get("train_dataloader"), "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if not self.profiler.timer.is_open("optimizer"):  # no clipping (max_grad_norm=0)

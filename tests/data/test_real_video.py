@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import TINY, ego
 from clip_factory import encode, read_index, red_corner
 
 from app.config import DataConfig
@@ -22,9 +21,6 @@ from app.data import ego4d
 from app.data.frame_cache import load_clip
 from app.data.geometry import clip_plan, smart_resize
 from app.data.video import PYAV, VideoError, indices_at_times, probe_video, sample_frames, segment_centres
-
-REPO = Path(__file__).resolve().parents[2]
-EGO = str(Path(sys.executable).parent / "ego4d-ft")
 
 # name -> encode() arguments; 30 frames at 30 fps, 160x96 unless said otherwise.
 VARIANTS: dict[str, dict] = {
@@ -177,15 +173,16 @@ def test_short_clips_repeat_frames_in_time_order(clips: Path) -> None:
 
 
 def _validate(data: list[dict], folder: Path, *sets: str, warm: bool = False) -> subprocess.CompletedProcess:
+    """`data validate` in a subprocess: what FFmpeg and decord print natively goes to the process's own stderr,
+    which only a subprocess captures."""
     path = folder / "mixed.json"
     path.write_text(json.dumps(data))
-    args = [EGO, "data", "validate", "--config", str(REPO / "configs" / "tiny_cpu.yaml"),
+    args = ["data", "validate", "--config", TINY,
             "--set", f"data.data_path={path}", "--set", f"data.video_folder={folder}",
             "--set", "data.eval_ids_file=null", "--set", "data.eval_fraction=0.0",
             "--set", f"data.frame_cache_dir={folder / 'frames'}", *[a for s in sets for a in ("--set", s)]]
     args += ["--warm-cache"] if warm else []
-    return subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=300,
-                          env={**os.environ, "COLUMNS": "250"})
+    return ego(*args, env={"COLUMNS": "250"}, timeout=300)
 
 
 def _qa(rid: str, video: str) -> dict:

@@ -18,8 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_helpers import REPO, tiny_sets
 
-REPO = Path(__file__).resolve().parents[2]
+from app.run_files import RunFiles
+
 SLURM = REPO / "slurm"
 SCRIPTS = ("run_training_baseline.slurm", "run_training_qlora.slurm", "run_training_qlora_multinode.slurm")
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo")
@@ -40,23 +42,31 @@ def _wait(check, what: str, timeout: float = 30) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _stop(pid_file: Path) -> None:
-    """End one daemon we started, by the pid it wrote, and wait for it to go."""
-    if not pid_file.is_file():
-        return
-    pid = int(pid_file.read_text().split()[0])
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.time() + 15
-    while time.time() < deadline:
+def _stop(pid_files: list[Path]) -> None:
+    """End the daemons we started, by the pids they wrote: all signalled at once, then each waited for."""
+    pids = []
+    for pid_file in pid_files:
+        if not pid_file.is_file():
+            continue
+        pid = int(pid_file.read_text().split()[0])
         try:
-            os.kill(pid, 0)
+            os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    os.kill(pid, signal.SIGKILL)
+            continue
+        pids.append(pid)
+    deadline = time.time() + 15
+    for pid in pids:
+        while time.time() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +137,7 @@ PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
         _wait(idle, f"node {node} to be idle (logs in {root / 'log'})")
         yield env
     finally:
-        for pid_file in reversed(started):
-            _stop(pid_file)
+        _stop(started[::-1])
 
 
 def sbatch(env: dict[str, str], script: str, workdir: Path, *options: str, **variables: str) -> tuple[int, str]:
@@ -152,11 +161,9 @@ def sbatch(env: dict[str, str], script: str, workdir: Path, *options: str, **var
     return int(fields["ExitCode"].split(":")[0]), job
 
 
-def tiny_args(sample: Path, cache: Path, out: Path) -> str:
-    sets = [f"data.data_path={sample / 'Ego4D.json'}", f"data.video_folder={sample / 'videos'}",
-            f"data.eval_ids_file={sample / 'eval_ids.txt'}", f"model.cache_dir={cache}", f"output_dir={out}",
-            "training.per_device_batch_size=4", "training.num_epochs=1", "eval.batch_size=4"]
-    return " ".join(["--use-cpu", *(f"--set {s}" for s in sets)])
+def tiny_args(sample: Path, cache: Path, out: Path, *extra: str) -> str:
+    """EXTRA_ARGS for a script: the tiny run on `sample`, everything it writes under `out` and `cache`."""
+    return " ".join(["--use-cpu", *tiny_sets(sample, cache, out, "training.num_epochs=1", "eval.batch_size=2", *extra)])
 
 
 def _one_finished_run(out: Path, mode: str):
@@ -182,38 +189,41 @@ def test_scripts_parse_and_every_tunable_has_a_default():
 
 
 @pytest.mark.slow
-def test_multinode_script_trains_through_srun_and_c10d(slurm, sample40, model_cache, tmp_path):
-    """srun + torchrun + c10d rendezvous on the first node (here the only one), 2 processes on 2 'GPUs'."""
+def test_multinode_script_trains_through_srun_and_c10d(slurm, sample_dir, model_cache, tmp_path):
+    """srun + torchrun + c10d rendezvous on the first node (here the only one), 2 processes on 2 'GPUs'.
+    sample_dir's 10 training clips in batches of 1: 5 steps on each rank, every clip seen once."""
     out = tmp_path / "results"
     rc, job = sbatch(slurm, "run_training_qlora_multinode.slurm", tmp_path,
                      "--nodes=1", "--gpus-per-node=2", f"--cpus-per-task={min(2, os.cpu_count() or 1)}",
                      PROJECT_DIR=str(REPO), CONFIG="configs/tiny_cpu.yaml", DEEPSPEED="configs/deepspeed_zero2.json",
-                     RDZV_PORT=str(_free_port()), EXTRA_ARGS=tiny_args(sample40, model_cache, out))
+                     RDZV_PORT=str(_free_port()),
+                     EXTRA_ARGS=tiny_args(sample_dir, model_cache, out, "training.per_device_batch_size=1"))
     log, err = tmp_path / f"training_qlora_{job}.out", tmp_path / f"training_qlora_{job}.err"
     assert log.is_file() and err.is_file(), list(tmp_path.iterdir())
     assert rc == 0, err.read_text()[-3000:]
     assert f"job {job}: 1 nodes x 2 processes" in log.read_text()  # NPROC_PER_NODE came from the GPUs granted
-    results = json.loads((out / "training" / "qlora" / "training_results.json").read_text())
-    assert results["world_size"] == 2 and results["zero_stage"] == 2 and results["global_step"] == 4
-    prof = json.loads((out / "profiling" / "qlora_profiling.json").read_text())
-    assert prof["world_size"] == 2 and prof["num_samples"] == 32 and prof["tokens_per_second"] > 0
-    assert (out / "training" / "qlora" / "final_model" / "adapter_model.safetensors").is_file()
+    files = RunFiles(out)
+    results = json.loads(files.training_results("qlora").read_text())
+    assert results["world_size"] == 2 and results["zero_stage"] == 2 and results["global_step"] == 5
+    prof = json.loads(files.profiling("qlora").read_text())
+    assert prof["world_size"] == 2 and prof["num_samples"] == 10 and prof["tokens_per_second"] > 0
+    assert (files.final_model("qlora") / "adapter_model.safetensors").is_file()
     run = _one_finished_run(out, "qlora")  # the tracking URI reached rank 0 through sbatch, srun and torchrun
     assert run.data.metrics["train_cost/tokens_per_second"] > 0
 
 
 @pytest.mark.slow
-def test_baseline_script_shards_over_the_node_gpus(slurm, sample40, model_cache, tmp_path):
+def test_baseline_script_shards_over_the_node_gpus(slurm, sample_dir, model_cache, tmp_path):
     out = tmp_path / "results"
     rc, job = sbatch(slurm, "run_training_baseline.slurm", tmp_path,
                      "--gpus-per-node=2", f"--cpus-per-task={min(2, os.cpu_count() or 1)}",
                      PROJECT_DIR=str(REPO), CONFIG="configs/tiny_cpu.yaml",
-                     EXTRA_ARGS=tiny_args(sample40, model_cache, out))
+                     EXTRA_ARGS=tiny_args(sample_dir, model_cache, out))
     err = tmp_path / f"training_baseline_{job}.err"
     assert rc == 0, err.read_text()[-3000:] if err.is_file() else list(tmp_path.iterdir())
     assert "2 processes, baseline" in (tmp_path / f"training_baseline_{job}.out").read_text()
-    results = json.loads((out / "training" / "baseline" / "baseline_results.json").read_text())
+    files = RunFiles(out)
+    results = json.loads(files.baseline().results.read_text())
     assert results["num_answered"] == results["num_questions"] > 0
-    assert json.loads((out / "profiling" / "baseline_profiling.json").read_text())["world_size"] == 2
+    assert json.loads(files.baseline().profiling.read_text())["world_size"] == 2
     _one_finished_run(out, "baseline")
-
