@@ -19,7 +19,7 @@ def test_batched_and_one_by_one_generation_agree(sample_dir, model_cache, tmp_pa
 
     cfg = load_config(TINY, [
         f"data.data_path={sample_dir / 'Ego4D.json'}", f"data.video_folder={sample_dir / 'videos'}",
-        f"data.frame_cache_dir={tmp_path / 'frames'}",
+        f"data.eval_ids_file={sample_dir / 'eval_ids.txt'}", f"data.frame_cache_dir={tmp_path / 'frames'}",
     ])
     model, processor = load_model_and_processor(str(build_tiny_llava_ov15(model_cache / "tiny-llava-ov15")),
                                                 min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
