@@ -64,6 +64,7 @@ def test_asr_replaces_speech_and_counts_unreadable_audio(tmp_path, sample_dir, t
             "data.eval_ids_file=null",
             "data.speech_strategy=transcript",
             f"data.asr_model={tiny_asr}",
+            f"data.frame_cache_dir={tmp_path / 'frames'}",
         ],
     )
     report = load_data(cfg)

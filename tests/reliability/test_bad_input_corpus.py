@@ -54,7 +54,8 @@ class Env:
 
     def sets(self) -> list[str]:
         return [f"data.data_path={self.data}", f"data.video_folder={self.videos}", "data.eval_fraction=0.0",
-                "data.eval_ids_file=null", f"output_dir={self.root / 'out'}", f"model.cache_dir={self.root / 'models'}"]
+                "data.eval_ids_file=null", f"output_dir={self.root / 'out'}", f"model.cache_dir={self.root / 'models'}",
+                f"data.frame_cache_dir={self.root / 'frames'}"]
 
 
 @dataclass
