@@ -4,6 +4,7 @@ repository."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -109,6 +110,37 @@ def trained_qlora(sample40: Path, model_cache: Path, tmp_path_factory) -> Path:
     res = ego_here("train", "--mode", "qlora", "--use-cpu", "--config", TINY,
                    *tiny_sets(sample40, model_cache, out, "training.num_epochs=1"))
     assert res.returncode == 0, res.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_asr(tmp_path_factory) -> Path:
+    """A tiny random wav2vec2 CTC model, saved: what `<speech>` transcription runs through offline."""
+    import torch
+    from transformers import (
+        Wav2Vec2Config,
+        Wav2Vec2CTCTokenizer,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForCTC,
+        Wav2Vec2Processor,
+    )
+
+    out = tmp_path_factory.mktemp("asr")
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4}
+    vocab |= {c: i + 5 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz'")}
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    torch.manual_seed(0)
+    cfg = Wav2Vec2Config(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2, pad_token_id=0,
+    )
+    Wav2Vec2ForCTC(cfg).save_pretrained(out)
+    processor = Wav2Vec2Processor(
+        feature_extractor=Wav2Vec2FeatureExtractor(sampling_rate=16000),
+        tokenizer=Wav2Vec2CTCTokenizer(str(out / "vocab.json")),
+    )
+    processor.save_pretrained(out)
     return out
 
 

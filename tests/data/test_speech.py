@@ -4,43 +4,11 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
-
 from app.config import load_config
 from app.data import ego4d, speech
 from app.data.load import load_data
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def tiny_asr(tmp_path_factory) -> Path:
-    import torch
-    from transformers import (
-        Wav2Vec2Config,
-        Wav2Vec2CTCTokenizer,
-        Wav2Vec2FeatureExtractor,
-        Wav2Vec2ForCTC,
-        Wav2Vec2Processor,
-    )
-
-    out = tmp_path_factory.mktemp("asr")
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4}
-    vocab |= {c: i + 5 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz'")}
-    (out / "vocab.json").write_text(json.dumps(vocab))
-    torch.manual_seed(0)
-    cfg = Wav2Vec2Config(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-        conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2, pad_token_id=0,
-    )
-    Wav2Vec2ForCTC(cfg).save_pretrained(out)
-    processor = Wav2Vec2Processor(
-        feature_extractor=Wav2Vec2FeatureExtractor(sampling_rate=16000),
-        tokenizer=Wav2Vec2CTCTokenizer(str(out / "vocab.json")),
-    )
-    processor.save_pretrained(out)
-    return out
 
 
 def test_asr_replaces_speech_and_counts_unreadable_audio(tmp_path, sample_dir, tiny_asr):

@@ -44,3 +44,21 @@ def test_bad_input_is_one_line(sample40, model_cache, tmp_path):
         res = ego_here("ask", *args, "--use-cpu", "--config", TINY, *sets)
         assert res.returncode == 1, (args, res.stdout)
         assert words in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_speech_in_the_question_is_dropped_or_transcribed_as_in_training(sample40, model_cache, tmp_path, tiny_asr):
+    clip = sample40 / "videos" / "clip_0000.mp4"  # an mp4 with its own audio track
+    sets = tiny_sets(sample40, model_cache, tmp_path / "out")
+    question = "<speech>\nWhat colour is the object?"
+    dropped = ego_here("ask", clip, question, "--use-cpu", "--config", TINY, *sets)
+    assert dropped.returncode == 0, dropped.stderr
+    transcript = ["--set", "data.speech_strategy=transcript"]
+    heard = ego_here("ask", clip, question, "--use-cpu", "--config", TINY, *sets, *transcript,
+                     "--set", f"data.asr_model={tiny_asr}")
+    assert heard.returncode == 0, heard.stderr
+    for args, words in (([*transcript, "--set", f"data.transcripts_file={tmp_path / 't.json'}"],
+                         "needs data.asr_model"),
+                        (["--audio", str(clip)], "the question has no <speech>")):
+        res = ego_here("ask", clip, question if "--audio" not in args else "What colour?", "--use-cpu",
+                       "--config", TINY, *sets, *args)
+        assert res.returncode == 1 and words in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
