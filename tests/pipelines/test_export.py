@@ -108,3 +108,19 @@ def test_evaluate_takes_the_exported_folder(exported, sample40, model_cache, tmp
     assert res.returncode == 0, res.stderr
     results = json.loads(RunFiles(tmp_path).evaluate(str(out)).results.read_text())
     assert results["mode"] == "merged" and results["num_answered"] == 4
+
+
+def test_a_model_over_the_shard_size_is_sharded_with_an_index_and_reloads(trained_qlora, sample40, model_cache,
+                                                                          tmp_path):
+    from app.config import load_config
+    from app.models.export import merge_adapter
+    from app.models.llava_ov15 import LlavaOV15ForConditionalGeneration
+
+    cfg = load_config(TINY, [a for a in tiny_sets(sample40, model_cache, tmp_path) if a != "--set"])
+    out = tmp_path / "sharded"
+    merge_adapter(cfg, RunFiles(trained_qlora).final_model("qlora"), out, max_shard_size="300KB")
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(p.name for p in out.glob("*.safetensors"))
+    assert len(shards) > 1 and set(index["weight_map"].values()) == set(shards)
+    model = LlavaOV15ForConditionalGeneration.from_pretrained(out)
+    assert model.config.model_type == "llavaonevision1_5"
