@@ -18,6 +18,20 @@ def needs_asr(report: DataReport) -> list[int]:
     return [i for i, r in enumerate(report.records) if any(SPEECH_TOKEN in t.value for t in r.turns)]
 
 
+def asr_pipeline(asr_model: str):
+    """transformers' ASR pipeline for `asr_model`, on CPU, never with remote code."""
+    from transformers import pipeline
+
+    return pipeline("automatic-speech-recognition", model=asr_model, trust_remote_code=False, device="cpu")
+
+
+def transcribe(asr, path, sr: int = 16000) -> str:
+    """The words of `path`'s audio (a separate file, or a video's own track). Raises AudioError."""
+    from app.data.audio import load_audio
+
+    return asr({"raw": load_audio(path, sr=sr), "sampling_rate": sr})["text"].strip()
+
+
 def transcribe_speech(
     report: DataReport,
     asr_model: str,
@@ -25,25 +39,22 @@ def transcribe_speech(
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> int:
     """Replace `<speech>` in the records still holding it; returns how many were transcribed."""
-    from transformers import pipeline
-
-    from app.data.audio import AudioError, load_audio
+    from app.data.audio import AudioError
 
     todo = needs_asr(report)
     if not todo:
         return 0
-    asr = pipeline("automatic-speech-recognition", model=asr_model, trust_remote_code=False, device="cpu")
+    asr = asr_pipeline(asr_model)
     dropped: set[int] = set()
     done = 0
     for i in progress(todo) if progress else todo:
         record = report.records[i]
         try:
-            wave = load_audio(record.audio or record.video, sr=sr)
+            text = transcribe(asr, record.audio or record.video, sr)
         except AudioError as exc:
             report.skip(ASR_FAILED, record.id, record.audio or record.video, record.split, str(exc))
             dropped.add(i)
             continue
-        text = asr({"raw": wave, "sampling_rate": sr})["text"].strip()
         record.turns = _apply_speech(record.turns, text)
         done += 1
     report.records = [r for i, r in enumerate(report.records) if i not in dropped]

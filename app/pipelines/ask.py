@@ -32,21 +32,13 @@ def _record(video: Path, question: str, audio: Path | None, cfg: Config):
         if cfg.data.speech_strategy == "transcript":
             if not cfg.data.asr_model:
                 raise UserError("ask: <speech> with data.speech_strategy=transcript needs data.asr_model")
-            spoken = _transcribe(audio or video, cfg.data.asr_model)
+            from app.data.speech import asr_pipeline, transcribe
+
+            spoken = transcribe(asr_pipeline(cfg.data.asr_model), audio or video)
         turns = _apply_speech(turns, spoken)
     elif audio is not None:
         raise UserError("ask --audio: the question has no <speech> to put it in")
     return Record(id="ask", video=video, turns=turns, audio=audio)
-
-
-def _transcribe(path: Path, asr_model: str) -> str:
-    from transformers import pipeline
-
-    from app.data.audio import load_audio
-
-    wave = load_audio(path, sr=16000)
-    asr = pipeline("automatic-speech-recognition", model=asr_model, trust_remote_code=False, device="cpu")
-    return asr({"raw": wave, "sampling_rate": 16000})["text"].strip()
 
 
 def _load(cfg: Config, model_ref: str):
