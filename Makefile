@@ -16,7 +16,8 @@ DEMO_SEED ?= 0
 DEMO_CONFIG := configs/demo_cpu.yaml
 # Three pytest workers on 2 cores, each file on one worker (files keep their order and shared fixtures): much of
 # the suite waits on subprocesses, servers and deliberate sleeps, so a third worker fills idle CPU. Measured on
-# this 2-core machine (2026-12-01): 8 min 26 s with 2 workers, 6 min 52 s with 3.
+# this 2-core machine (2026-12-01): 8 min 26 s with 2 workers, 6 min 52 s with 3. tests/conftest.py gives each
+# worker its share of the cores (OMP_NUM_THREADS), without which 3 workers took 7 min 59 s (2026-12-02).
 TEST_WORKERS ?= 3
 
 .PHONY: install demo test test-learning lint clean
