@@ -107,10 +107,15 @@ def load_model(cfg: Config, mode: str = "baseline", path: str | None = None, zer
 
 def load_for_training(cfg: Config, mode: str, zero3: bool = False, say: Callable[[str], Any] = print):
     """The base for `mode` with LoRA adapters attached (PEFT), as `train` uses it."""
+    from transformers import set_seed
+
     from app.models.inspect import logical_numel
     from app.models.loading import attach_lora
 
     model, processor, attn = load_model(cfg, mode, zero3=zero3, say=say)
+    # PEFT draws each lora_A from torch's generator when it attaches the adapters, before the Trainer seeds anything:
+    # without this, the same training.seed gave a different run each time (losses apart from the first update).
+    set_seed(cfg.training.seed)
     lora = cfg.lora
     model = attach_lora(
         model, mode, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, train_merger=lora.train_merger,

@@ -70,6 +70,27 @@ def test_one_epoch_writes_adapter_results_and_profiling(mode, train_samples, sam
     assert results["quantized_layers"] == (14 if mode == "qlora" else 0)
 
 
+def test_the_same_seed_trains_the_same_adapter(sample_dir, model_cache, tmp_path):
+    """`training.seed` fixes everything random in a run, the LoRA initialisation included: two runs in one process
+    (whose torch generator the first run moved on) write the same adapter, bit for bit, and the same losses."""
+    import torch
+    from safetensors.torch import load_file
+
+    runs = []
+    for name in ("first", "second"):
+        res = ego_here("train", "--mode", "lora", "--use-cpu", "--config", TINY,
+                       *tiny_sets(sample_dir, model_cache, tmp_path / name, "training.num_epochs=1",
+                                  "eval.max_samples=1", "training.seed=7"))
+        assert res.returncode == 0, res.stderr[-2000:]
+        files = RunFiles(tmp_path / name)
+        results = json.loads(files.training_results("lora").read_text())
+        runs.append((load_file(files.final_model("lora") / "adapter_model.safetensors"), results["epoch_losses"]))
+    (first, first_losses), (second, second_losses) = runs
+    assert any("lora_A" in k for k in first) and first.keys() == second.keys()
+    assert [k for k in first if not torch.equal(first[k], second[k])] == []
+    assert first_losses == second_losses
+
+
 @pytest.mark.slow
 def test_loss_falls_and_profiler_regions_add_up(sample_dir, model_cache, tmp_path):
     """Four epochs: the model learns (last epoch's mean loss below the first's), and the timed regions account
