@@ -193,11 +193,8 @@ def mlflow_run(cfg: Config, mode: str, run_name: str | None = None, tags: dict[s
     if not cfg.tracking.enabled or not is_main():
         yield None
         return
-    import logging
-
     import mlflow
 
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines would interleave with our bars
     uri = tracking_uri(cfg)  # an HTTP server was found answering by the command's preflight
     _init_store(uri)
     mlflow.set_tracking_uri(uri)
